@@ -1,0 +1,322 @@
+"""Configuration: TOML parsed once into frozen, validated objects.
+
+The file is read from ``--config``, else ``$SCATTERGUARD_CONFIG``, else
+``/etc/scatterguard/scatterguard.toml``; a missing default file means the built-in defaults. Every
+unknown key and every bad value is a :class:`ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from scatterguard.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/scatterguard/scatterguard.toml")
+ENV_VAR = "SCATTERGUARD_CONFIG"
+DEFAULT_REINJECT = ("/usr/sbin/sendmail", "-G", "-i", "-f", "{sender}", "--", "{recipients}")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """Where and how long to ask; ``nameservers`` empty means the system resolver."""
+
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """Bounds on DKIM work, so that a hostile message cannot make it unbounded."""
+
+    max_message_size: int = 16 * 1024 * 1024
+    max_signatures: int = 5
+
+
+@dataclass(frozen=True)
+class ReinjectConfig:
+    """The command that hands a delivered message back to the MTA (run without a shell)."""
+
+    command: tuple[str, ...] = DEFAULT_REINJECT
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    """Where quarantined messages are kept."""
+
+    directory: Path = Path("/var/lib/scatterguard/quarantine")
+    purge_after_days: int = 30
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where the one line per message goes: syslog (mail facility) or stderr."""
+
+    target: str = "syslog"
+    facility: str = "mail"
+    socket: str = "/dev/log"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, immutable once loaded."""
+
+    authserv_id: str = field(default_factory=lambda: socket.getfqdn())
+    trusted_networks: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    defer_max_age: float = 4 * 3600.0
+    timeout: float = 300.0
+    dns: DnsConfig = DnsConfig()
+    dkim: DkimConfig = DkimConfig()
+    reinject: ReinjectConfig = ReinjectConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    log: LogConfig = LogConfig()
+    source: str = "built-in defaults"
+
+
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*\Z")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"\s*(\d+)\s*(|k|kb|kib|m|mb|mib|g|gb|gib)\s*\Z", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# RFC 8601 §2.5: authserv-id is a value (token or quoted-string); we accept hostname-like tokens.
+_AUTHSERV_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})\Z")
+_FACILITIES = ("mail", "daemon", "user", *(f"local{i}" for i in range(8)))
+
+
+def load(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Find, read and validate the configuration file."""
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(ENV_VAR):
+        path = environ[ENV_VAR]
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return Config()
+        path = DEFAULT_PATH
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {os.fspath(path)}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{os.fspath(path)}: not valid TOML: {exc}") from None
+    return parse(data, source=os.fspath(path))
+
+
+def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Turn a parsed TOML document into a :class:`Config`, naming the key of every fault."""
+    table = _Table(data, "", source)
+    config = Config(
+        authserv_id=table.get("authserv_id", _authserv_id, None) or socket.getfqdn(),
+        trusted_networks=table.get("trusted_networks", _networks, Config.trusted_networks),
+        defer_max_age=table.get("defer_max_age", _duration, Config.defer_max_age),
+        timeout=table.get("timeout", _positive(_duration), Config.timeout),
+        dns=table.section("dns", _dns),
+        dkim=table.section("dkim", _dkim),
+        reinject=table.section("reinject", _reinject),
+        quarantine=table.section("quarantine", _quarantine),
+        log=table.section("log", _log),
+        source=source,
+    )
+    table.finish()
+    return config
+
+
+class _Table:
+    """One TOML table being read: remembers which keys were used, so the rest are errors."""
+
+    def __init__(self, data: Any, prefix: str, source: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a table")
+        self.data = data
+        self.prefix = prefix
+        self.source = source
+        self.used: set[str] = set()
+
+    def get(self, key: str, convert: Callable[[Any], _T], default: _D) -> _T | _D:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        try:
+            return convert(self.data[key])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.source}: {self.prefix}{key}: {exc}") from None
+
+    def section(self, key: str, build: Callable[[_Table], _T]) -> _T:
+        self.used.add(key)
+        sub = _Table(self.data.get(key, {}), f"{self.prefix}{key}.", self.source)
+        result = build(sub)
+        sub.finish()
+        return result
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.source}: unknown key {self.prefix}{unknown[0]}")
+
+
+def _dns(table: _Table) -> DnsConfig:
+    return DnsConfig(
+        nameservers=table.get("nameservers", _nameservers, DnsConfig.nameservers),
+        timeout=table.get("timeout", _positive(_number), DnsConfig.timeout),
+    )
+
+
+def _dkim(table: _Table) -> DkimConfig:
+    return DkimConfig(
+        max_message_size=table.get("max_message_size", _size, DkimConfig.max_message_size),
+        max_signatures=table.get("max_signatures", _count, DkimConfig.max_signatures),
+    )
+
+
+def _reinject(table: _Table) -> ReinjectConfig:
+    return ReinjectConfig(
+        command=table.get("command", _command, DEFAULT_REINJECT),
+        timeout=table.get("timeout", _positive(_duration), ReinjectConfig.timeout),
+    )
+
+
+def _quarantine(table: _Table) -> QuarantineConfig:
+    return QuarantineConfig(
+        directory=table.get("directory", _absolute_path, QuarantineConfig.directory),
+        purge_after_days=table.get("purge_after_days", _count, QuarantineConfig.purge_after_days),
+    )
+
+
+def _log(table: _Table) -> LogConfig:
+    return LogConfig(
+        target=table.get("target", _choice("syslog", "stderr"), LogConfig.target),
+        facility=table.get("facility", _choice(*_FACILITIES), LogConfig.facility),
+        socket=table.get("socket", _string, LogConfig.socket),
+    )
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        number = convert(value)
+        if number <= 0:
+            raise ValueError(f"must be greater than zero, got {value!r}")
+        return number
+
+    return check
+
+
+def _duration(value: Any) -> float:
+    """Seconds as a number, or a string such as ``"30s"``, ``"5m"``, ``"4h"``, ``"2d"``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value!r}")
+        return float(value)
+    match = _DURATION.match(_string(value))
+    if match is None:
+        raise ValueError(f'expected a duration such as "30s", "5m" or "4h", got {value!r}')
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _size(value: Any) -> int:
+    """Bytes as an integer, or a string such as ``"16MiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"must be positive, got {value!r}")
+        return value
+    match = _SIZE.match(_string(value))
+    if match is None:
+        raise ValueError(f'expected a size such as "16MiB", got {value!r}')
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)[:1].lower()]
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if _string(value) not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _authserv_id(value: Any) -> str:
+    text = _string(value)
+    if not _AUTHSERV_ID.match(text):
+        raise ValueError(f"{text!r} is not a host name usable as an authserv-id")
+    return text
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list):
+        raise TypeError('expected a list of networks such as "192.0.2.0/24"')
+    return tuple(ipaddress.ip_network(_string(item), strict=False) for item in value)
+
+
+def _nameservers(value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        raise TypeError('expected a list such as ["127.0.0.1", "[::1]:5353"]')
+    return tuple(_nameserver(_string(item)) for item in value)
+
+
+def _nameserver(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``v6addr`` or ``[v6addr]:port``; the host must be an IP address."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r} is not host or host:port")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return host, port
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise TypeError("expected a non-empty list of arguments")
+    command = tuple(_string(item) for item in value)
+    if not command[0].startswith("/"):
+        raise ValueError(f"the program {command[0]!r} must be an absolute path")
+    if "{recipients}" not in command:
+        raise ValueError('must contain the argument "{recipients}"')
+    return command
+
+
+def _absolute_path(value: Any) -> Path:
+    path = Path(_string(value))
+    if not path.is_absolute():
+        raise ValueError(f"{value!r} must be an absolute path")
+    return path

@@ -1,0 +1,43 @@
+"""The exception tree of scatterguard: our own breakage, never a check's outcome.
+
+Outcomes of checks (a DNS timeout, a failed signature) are values in :mod:`scatterguard.results`.
+Exceptions are for things that stop us from doing our job; the CLI maps each to one exit code::
+
+    ScatterguardError                 filter: 75 (the MTA retries), other commands: 2 or 1
+    ├── ConfigError                   the configuration file or a key in it is wrong
+    ├── UsageError                    bad command-line arguments or envelope (no recipients, ...)
+    ├── InputError                    the message or the BSMTP batch cannot be read
+    ├── DeadlineExceeded              the filter ran out of its own time budget
+    ├── ReinjectError                 the re-injection command failed
+    └── QuarantineError               the quarantine store cannot be written or read
+"""
+
+from __future__ import annotations
+
+
+class ScatterguardError(Exception):
+    """The root of every error scatterguard raises on purpose."""
+
+
+class ConfigError(ScatterguardError):
+    """The configuration is unusable; the message names the key."""
+
+
+class UsageError(ScatterguardError):
+    """The command line or the envelope it describes is unusable."""
+
+
+class InputError(ScatterguardError):
+    """The message or the batch SMTP stream could not be read."""
+
+
+class DeadlineExceeded(ScatterguardError):
+    """The filter's own deadline passed before it could finish."""
+
+
+class ReinjectError(ScatterguardError):
+    """The re-injection command did not accept the message."""
+
+
+class QuarantineError(ScatterguardError):
+    """The quarantine store could not be used."""

@@ -1,0 +1,236 @@
+"""The one DNS resolver every check goes through (SPF, DKIM, DMARC).
+
+It is a small stub resolver over dnspython's message and query layers, so that each outcome stays
+distinct: an answer, NXDOMAIN, no data, SERVFAIL, a timeout, or another error (REFUSED, a malformed
+reply, truncation with TCP refused). The checks turn the last three into ``temperror``; none of them
+escapes as an exception. Answers are cached for the life of the process, honouring TTLs, so a
+resident worker can keep its cache across messages.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+MAX_CACHE_ENTRIES = 10_000
+MAX_CNAME_HOPS = 8
+# RFC 2308 §5: negative answers are cached for the SOA minimum; without an SOA, for this long.
+DEFAULT_NEGATIVE_TTL = 60
+MAX_TTL = 86_400
+# A failure is remembered briefly, so one message does not wait for the same timeout twice while
+# a resident worker still retries soon.
+FAILURE_TTL = 5.0
+EDNS_PAYLOAD = 1232
+
+
+class Status(enum.Enum):
+    """How one lookup ended."""
+
+    OK = "ok"
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"
+    SERVFAIL = "servfail"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+TEMPORARY = frozenset({Status.SERVFAIL, Status.TIMEOUT, Status.ERROR})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome of one lookup: a status and, for ``OK``, the records of the asked type."""
+
+    status: Status
+    records: tuple[Any, ...] = ()
+    ttl: float = 0
+    detail: str = ""
+
+    @property
+    def temporary(self) -> bool:
+        """True when asking again later may give another outcome (SERVFAIL, timeout, error)."""
+        return self.status in TEMPORARY
+
+    @property
+    def exists(self) -> bool:
+        """True when the name exists (it has data, or data of another type)."""
+        return self.status in (Status.OK, Status.NODATA)
+
+    def texts(self) -> tuple[bytes, ...]:
+        """For a TXT answer: each record's character-strings joined (RFC 7208 §3.3, RFC 6376)."""
+        return tuple(b"".join(record.strings) for record in self.records)
+
+
+class Resolver:
+    """Ask recursive nameservers, with per-lookup timeouts and a per-process cache."""
+
+    def __init__(
+        self,
+        nameservers: Iterable[tuple[str, int]] = (),
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.nameservers = tuple(nameservers) or system_nameservers()
+        self.timeout = timeout
+        self.clock = clock
+        self.cache: dict[tuple[str, str], tuple[float, Answer]] = {}
+        self.lookups = 0  # network lookups made, for logs and tests
+
+    def query(self, name: str, rdtype: str) -> Answer:
+        """Look up ``rdtype`` records of ``name``, from the cache when it is fresh."""
+        key = (name.lower().rstrip("."), rdtype.upper())
+        now = self.clock()
+        cached = self.cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        answer = self._lookup(key[0], key[1])
+        ttl = FAILURE_TTL if answer.temporary else answer.ttl
+        if ttl > 0:
+            if len(self.cache) >= MAX_CACHE_ENTRIES:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = (now + ttl, answer)
+        return answer
+
+    def txt(self, name: str) -> Answer:
+        """Shorthand for a TXT lookup."""
+        return self.query(name, "TXT")
+
+    def domain_exists(self, name: str) -> Answer:
+        """RFC 9989 non-existence: NXDOMAIN or no data for A, AAAA and MX alike.
+
+        Returns an ``OK`` answer when any of the three has data, ``NXDOMAIN`` when none has, and the
+        temporary answer when one of them failed and none had data.
+        """
+        failure: Answer | None = None
+        for rdtype in ("MX", "A", "AAAA"):
+            answer = self.query(name, rdtype)
+            if answer.status is Status.OK:
+                return answer
+            if answer.temporary:
+                failure = answer
+        return failure or Answer(Status.NXDOMAIN, detail=f"{name} has no A, AAAA or MX")
+
+    def _lookup(self, name: str, rdtype: str) -> Answer:
+        try:
+            qname = dns.name.from_text(name)
+            qtype = dns.rdatatype.from_text(rdtype)
+        except (dns.exception.DNSException, UnicodeError, ValueError):
+            return Answer(Status.NXDOMAIN, ttl=MAX_TTL, detail=f"{name!r} is not a valid DNS name")
+        request = dns.message.make_query(qname, qtype, use_edns=0, payload=EDNS_PAYLOAD)
+        deadline = self.clock() + self.timeout
+        last = Answer(Status.TIMEOUT, detail=f"no answer for {name}/{rdtype}")
+        attempt = 0
+        while True:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return last
+            host, port = self.nameservers[attempt % len(self.nameservers)]
+            attempt += 1
+            # Retransmit within the lookup's time: one lost datagram must not cost the lookup.
+            wait = min(remaining, max(self.timeout / 3, 0.2))
+            self.lookups += 1
+            response = self._exchange(request, host, port, wait, remaining)
+            if isinstance(response, Answer):
+                last = response
+                continue
+            answer = _interpret(response, qname, qtype)
+            if answer.status in (Status.SERVFAIL, Status.ERROR) and len(self.nameservers) > 1:
+                # Another server may answer; try each once more before giving up.
+                last = answer
+                if attempt < 2 * len(self.nameservers):
+                    continue
+            return answer
+
+    @staticmethod
+    def _exchange(
+        request: dns.message.Message, host: str, port: int, wait: float, remaining: float
+    ) -> dns.message.Message | Answer:
+        try:
+            response = dns.query.udp(request, host, port=port, timeout=wait)
+        except dns.exception.Timeout:
+            return Answer(Status.TIMEOUT, detail=f"{host}:{port} did not answer")
+        # Whatever else goes wrong talking to a server (a malformed reply, a refused port, a
+        # dnspython quirk) is a temporary error of this lookup, never an escaped exception.
+        except Exception as exc:  # noqa: BLE001
+            return Answer(Status.ERROR, detail=f"{host}:{port}: {_brief(exc)}")
+        if response.flags & dns.flags.TC:
+            # RFC 7766: a truncated UDP answer is retried over TCP.
+            try:
+                response = dns.query.tcp(request, host, port=port, timeout=remaining)
+            except dns.exception.Timeout:
+                return Answer(Status.TIMEOUT, detail=f"{host}:{port} TCP did not answer")
+            except Exception as exc:  # noqa: BLE001 - as for UDP above
+                return Answer(Status.ERROR, detail=f"{host}:{port} TCP: {_brief(exc)}")
+        return response
+
+
+def _interpret(
+    response: dns.message.Message, qname: dns.name.Name, qtype: dns.rdatatype.RdataType
+) -> Answer:
+    rcode = response.rcode()
+    if rcode == dns.rcode.NXDOMAIN:
+        return Answer(
+            Status.NXDOMAIN, ttl=_negative_ttl(response), detail=f"{qname} does not exist"
+        )
+    if rcode == dns.rcode.SERVFAIL:
+        return Answer(Status.SERVFAIL, detail=f"SERVFAIL for {qname}")
+    if rcode != dns.rcode.NOERROR:
+        return Answer(Status.ERROR, detail=f"{dns.rcode.to_text(rcode)} for {qname}")
+    current = qname
+    for _ in range(MAX_CNAME_HOPS + 1):
+        rrset = _find(response, current, qtype)
+        if rrset is not None:
+            ttl = min(float(rrset.ttl), MAX_TTL)
+            return Answer(Status.OK, tuple(rrset), ttl=ttl)
+        cname = _find(response, current, dns.rdatatype.CNAME)
+        if cname is None:
+            return Answer(
+                Status.NODATA, ttl=_negative_ttl(response), detail=f"no {qtype.name} for {qname}"
+            )
+        current = cname[0].target
+    return Answer(Status.ERROR, detail=f"CNAME chain too long at {qname}")
+
+
+def _find(
+    response: dns.message.Message, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
+) -> dns.rrset.RRset | None:
+    return response.get_rrset(response.answer, name, dns.rdataclass.IN, rdtype)
+
+
+def _negative_ttl(response: dns.message.Message) -> float:
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return float(min(rrset.ttl, rrset[0].minimum, MAX_TTL))
+    return DEFAULT_NEGATIVE_TTL
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+def system_nameservers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, int], ...]:
+    """The ``nameserver`` lines of resolv.conf; the loopback resolver when there are none."""
+    servers: list[tuple[str, int]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "nameserver":
+                    servers.append((fields[1].split("%")[0], 53))
+    except OSError:
+        pass
+    return tuple(servers) or (("127.0.0.1", 53),)
