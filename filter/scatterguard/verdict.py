@@ -1,0 +1,188 @@
+"""The decision: from what the checks found to what happens to the message.
+
+:func:`decide` is pure and total. It never raises and never touches the network, the clock or the
+disk; everything it needs (the report, the envelope, the policy knobs, the message's age) is passed
+in. It implements DESIGN.md §Decision, including the rule the project exists for: a bounce goes
+only to a verified reverse-path; otherwise what deserved a bounce is quarantined.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scatterguard.envelope import Envelope
+from scatterguard.results import AuthReport, Policy, Result
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Status lines go to the MTA, which copies them into DSNs and logs: only our own words, and
+# only domain-like characters from anything else.
+_SAFE_DOMAIN = re.compile(r"[^a-z0-9.-]")
+
+
+class Action(enum.Enum):
+    """What the filter does with the message."""
+
+    DELIVER = "deliver"
+    QUARANTINE = "quarantine"
+    BOUNCE = "bounce"
+    DEFER = "defer"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The action, whether the reverse-path is verified, the reasons, and the MTA status line."""
+
+    action: Action
+    reverse_path_verified: bool
+    reasons: tuple[str, ...]
+    # For BOUNCE and DEFER: the one line for the MTA, starting with an RFC 3463 enhanced code.
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The parts of the configuration that decide() reads."""
+
+    trusted_networks: Sequence[Network] = ()
+    defer_max_age: float = 4 * 3600.0
+
+
+def decide(
+    report: AuthReport, envelope: Envelope, knobs: Knobs, age: float | None = None
+) -> Decision:
+    """Apply DESIGN.md §Decision. ``age`` is seconds since the message arrived (None: unknown)."""
+    try:
+        return _decide(report, envelope, knobs, age)
+    except Exception as exc:  # noqa: BLE001 - decide() is total: our own bug must not lose mail
+        return Decision(
+            Action.DEFER,
+            False,
+            (f"internal error while deciding: {type(exc).__name__}",),
+            "4.3.0 Temporary filter failure, try again later",
+        )
+
+
+def trusted_client(envelope: Envelope, networks: Sequence[Network]) -> str | None:
+    """Why the client counts as trusted (SASL or trusted_networks), or None."""
+    if envelope.sasl_user:
+        return "client authenticated (SASL)"
+    address = envelope.client_address
+    if address is not None:
+        for network in networks:
+            if address.version == network.version and address in network:
+                return f"client {address} is in trusted_networks"
+    return None
+
+
+def verification(report: AuthReport, envelope: Envelope, trusted: str | None) -> str | None:
+    """Why the reverse-path counts as verified, or None when it does not.
+
+    The null reverse-path is never verified (RFC 5321 §4.5.5: nothing is ever sent to it).
+    """
+    if envelope.sender is None:
+        return None
+    domain = envelope.sender.domain
+    spf = report.spf
+    if spf.identity == "mailfrom" and spf.result is Result.PASS:
+        return f"reverse-path verified: SPF pass for {domain}"
+    if report.reverse_path_dkim_aligned:
+        return f"reverse-path verified: DKIM signature aligned with {domain}"
+    if trusted is not None:
+        return f"reverse-path verified: {trusted}"
+    return None
+
+
+def effective_policy(policy: Policy | None, testing: bool) -> Policy | None:
+    """RFC 9989 ``t=y``: the domain owner asks for one step less than the published policy."""
+    if policy is None or not testing:
+        return policy
+    return {Policy.REJECT: Policy.QUARANTINE}.get(policy, Policy.NONE)
+
+
+def _decide(report: AuthReport, envelope: Envelope, knobs: Knobs, age: float | None) -> Decision:
+    trusted = trusted_client(envelope, knobs.trusted_networks)
+    verified_why = verification(report, envelope, trusted)
+    verified = verified_why is not None
+    reasons: list[str] = []
+
+    # Rule 1: authenticated or trusted clients are delivered.
+    if trusted is not None:
+        return Decision(Action.DELIVER, verified, (trusted,))
+
+    dmarc = report.dmarc
+    spf = report.spf
+    policy = effective_policy(dmarc.policy, dmarc.testing)
+
+    # Rule 2: temporary DNS failure that leaves the outcome open.
+    open_reason = None
+    if dmarc.result is Result.TEMPERROR and policy is not Policy.NONE:
+        open_reason = f"DMARC temperror for {dmarc.domain or 'the From domain'}"
+    elif dmarc.policy is None and spf.result is Result.TEMPERROR:
+        open_reason = f"SPF temperror for {spf.domain or 'the sender'} and no DMARC policy"
+    if open_reason is not None:
+        if age is None or age <= knobs.defer_max_age:
+            return Decision(
+                Action.DEFER,
+                verified,
+                (open_reason,),
+                "4.4.3 Temporary DNS failure checking the sender, try again later",
+            )
+        reasons.append(
+            f"{open_reason}, but the message is older than defer_max_age: deciding on what we have"
+        )
+
+    # Rule 3: DMARC.
+    reject_status: str | None = None
+    if dmarc.result is Result.FAIL:
+        domain = _safe(dmarc.domain)
+        shown = f"{dmarc.policy}" + (" (t=y)" if dmarc.testing else "")
+        if policy is Policy.REJECT:
+            reasons.append(f"DMARC fail for {domain}, policy {shown}")
+            reject_status = f"5.7.26 DMARC policy of {domain} rejects unauthenticated mail"
+        elif policy is Policy.QUARANTINE:
+            reasons.append(f"DMARC fail for {domain}, policy {shown}")
+            return Decision(Action.QUARANTINE, verified, _with(reasons, verified_why))
+        else:
+            reasons.append(f"DMARC fail for {domain}, policy {shown}: delivering")
+    elif dmarc.result is Result.PASS:
+        reasons.append(f"DMARC pass for {_safe(dmarc.domain)}")
+
+    # Rule 4: no DMARC policy, SPF fail for the MAIL FROM identity.
+    if reject_status is None and dmarc.policy is None and spf.result is Result.FAIL:
+        domain = _safe(spf.domain)
+        if report.reverse_path_dkim_aligned:
+            reasons.append(f"SPF fail for {domain}, but a DKIM signature aligned with it verifies")
+        else:
+            reasons.append(f"SPF fail for {domain} and no DMARC policy")
+            reject_status = f"5.7.23 SPF validation failed for {domain}"
+
+    # Rule 6: reject-class becomes a bounce only for a verified reverse-path.
+    if reject_status is not None:
+        if verified:
+            return Decision(Action.BOUNCE, True, _with(reasons, verified_why), reject_status)
+        why = "null reverse-path" if envelope.sender is None else "reverse-path not verified"
+        reasons.append(f"would be rejected, but {why}: quarantined instead of bounced")
+        return Decision(Action.QUARANTINE, False, tuple(reasons))
+
+    # Rule 5.
+    if not reasons:
+        reasons.append("no authentication failure that calls for action")
+    return Decision(Action.DELIVER, verified, _with(reasons, verified_why))
+
+
+def _with(reasons: list[str], verified_why: str | None) -> tuple[str, ...]:
+    return (*reasons, verified_why) if verified_why else tuple(reasons)
+
+
+def _safe(domain: str | None) -> str:
+    if not domain:
+        return "the sender's domain"
+    return _SAFE_DOMAIN.sub("?", domain.lower())[:253]
