@@ -1,0 +1,83 @@
+"""The message view: header spans over the original bytes, and byte-exact prepending."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scatterguard.message import Message
+
+
+@pytest.mark.parametrize(
+    ("data", "names", "body"),
+    [
+        pytest.param(b"A: 1\nB: 2\n\nbody\n", ["A", "B"], b"body\n", id="lf"),
+        pytest.param(b"A: 1\r\nB: 2\r\n\r\nbody\r\n", ["A", "B"], b"body\r\n", id="crlf"),
+        pytest.param(b"A: 1\n continued\nB: 2\n\nx", ["A", "B"], b"x", id="folded"),
+        pytest.param(b"A: 1\nB: 2\n", ["A", "B"], b"", id="headers-only"),
+        pytest.param(b"A: 1\nB: 2", ["A", "B"], b"", id="no-final-newline"),
+        pytest.param(
+            b"A: 1\nnot a header\nmore\n", ["A"], b"not a header\nmore\n", id="no-separator"
+        ),
+        pytest.param(b"\nbody", [], b"body", id="empty-header-section"),
+        pytest.param(b"Subject : spaced\n\nx", ["Subject"], b"x", id="space-before-colon"),
+        pytest.param(b"A: \xff\x00\rx\n\nb\x00", ["A"], b"b\x00", id="8bit-nul-bare-cr"),
+        pytest.param(b"", [], b"", id="empty"),
+    ],
+)
+def test_scan(data: bytes, names: list[str], body: bytes) -> None:
+    """Header names and the body offset are found without changing a byte."""
+    message = Message(data)
+    assert [h.name for h in message.headers] == names
+    assert message.body == body
+    for header in message.headers:
+        assert header.raw(data).startswith(header.name.encode("latin-1"))
+
+
+def test_values_unfold() -> None:
+    """Values are unfolded and stripped; lookups ignore case."""
+    message = Message(b"Subject: hello\r\n world\r\nsubject: two\r\n\r\n")
+    assert message.values("SUBJECT") == ["hello world", "two"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(b"A: 1\nX: drop\nB: 2\n\nbody", b"New: v\nA: 1\nB: 2\n\nbody", id="lf"),
+        pytest.param(
+            b"A: 1\r\nX: drop\r\n fold\r\n\r\nb", b"New: v\r\nA: 1\r\n\r\nb", id="crlf-folded"
+        ),
+    ],
+)
+def test_with_header(data: bytes, expected: bytes) -> None:
+    """Prepending uses the message's line ending and removal cuts exactly the field's span."""
+    message = Message(data)
+    assert message.with_header(b"New: v", list(message.fields("X"))) == expected
+
+
+lines = st.binary(max_size=60).map(lambda b: b.replace(b"\n", b""))
+
+
+@given(
+    st.lists(st.tuples(st.from_regex(rb"\A[A-Za-z-]{1,10}\Z"), lines), max_size=8),
+    st.binary(max_size=200),
+    st.sampled_from([b"\n", b"\r\n"]),
+)
+def test_prepend_keeps_every_other_byte(
+    fields: list[tuple[bytes, bytes]], body: bytes, eol: bytes
+) -> None:
+    """For arbitrary header and body bytes, output = our field + the original bytes, exactly."""
+    data = b"".join(name + b": " + value + eol for name, value in fields) + eol + body
+    message = Message(data)
+    assert message.with_header(b"X-Ours: 1") == b"X-Ours: 1" + message.linesep + data
+
+
+@given(st.binary(max_size=2000))
+def test_parsing_never_raises(data: bytes) -> None:
+    """Header parsing never raises on arbitrary bytes, and the spans lie inside the message."""
+    message = Message(data)
+    for header in message.headers:
+        assert 0 <= header.start < header.end <= len(data)
+        message.value(header)
+    assert 0 <= message.body_offset <= len(data)

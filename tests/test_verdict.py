@@ -1,0 +1,372 @@
+"""decide(): every row of DESIGN.md §Decision and of reverse-path verification."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scatterguard.envelope import Address, Envelope
+from scatterguard.results import AuthReport, DmarcResult, Policy, Result, SpfResult
+from scatterguard.verdict import Action, Knobs, decide, effective_policy
+
+KNOBS = Knobs(trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),), defer_max_age=4 * 3600)
+SENDER = Address("alice@sender.example", "alice", "sender.example")
+
+
+def envelope(
+    sender: Address | None = SENDER, client: str = "198.51.100.7", sasl: str | None = None
+) -> Envelope:
+    return Envelope(
+        sender=sender,
+        recipients=("bob@rcpt.example",),
+        client_address=ipaddress.ip_address(client),
+        helo="mx.sender.example",
+        sasl_user=sasl,
+    )
+
+
+def report(
+    spf: str = "none",
+    dmarc: str = "none",
+    policy: str | None = None,
+    testing: bool = False,
+    dkim_rp: bool = False,
+) -> AuthReport:
+    return AuthReport(
+        spf=SpfResult(Result(spf), "mailfrom", "sender.example"),
+        dkim=(),
+        dmarc=DmarcResult(
+            Result(dmarc), "from.example", Policy(policy) if policy else None, testing=testing
+        ),
+        reverse_path_dkim_aligned=dkim_rp,
+    )
+
+
+@pytest.mark.parametrize(
+    ("rep", "env", "age", "action", "verified"),
+    [
+        pytest.param(
+            report(spf="fail", dmarc="fail", policy="reject"),
+            envelope(sasl="alice"),
+            None,
+            Action.DELIVER,
+            True,
+            id="rule1-sasl-delivers-and-verifies",
+        ),
+        pytest.param(
+            report(spf="fail", dmarc="fail", policy="reject"),
+            envelope(client="10.1.2.3"),
+            None,
+            Action.DELIVER,
+            True,
+            id="rule1-trusted-network-delivers",
+        ),
+        pytest.param(
+            report(dmarc="temperror", policy="reject"),
+            envelope(),
+            60.0,
+            Action.DEFER,
+            False,
+            id="rule2-dmarc-temperror-defers",
+        ),
+        pytest.param(
+            report(dmarc="temperror", policy=None),
+            envelope(),
+            None,
+            Action.DEFER,
+            False,
+            id="rule2-dmarc-discovery-temperror-defers",
+        ),
+        pytest.param(
+            report(spf="temperror"),
+            envelope(),
+            60.0,
+            Action.DEFER,
+            False,
+            id="rule2-no-policy-spf-temperror-defers",
+        ),
+        pytest.param(
+            report(spf="temperror", dmarc="pass", policy="reject"),
+            envelope(),
+            60.0,
+            Action.DELIVER,
+            False,
+            id="rule2-spf-temperror-with-dmarc-pass-delivers",
+        ),
+        pytest.param(
+            report(dmarc="temperror", policy="none"),
+            envelope(),
+            60.0,
+            Action.DELIVER,
+            False,
+            id="rule2-temperror-under-p-none-is-not-open",
+        ),
+        pytest.param(
+            report(spf="temperror"),
+            envelope(),
+            5 * 3600.0,
+            Action.DELIVER,
+            False,
+            id="rule2-past-defer-max-age-decides",
+        ),
+        pytest.param(
+            report(dmarc="temperror", policy="reject"),
+            envelope(),
+            5 * 3600.0,
+            Action.DELIVER,
+            False,
+            id="rule2-dmarc-temperror-past-max-age-decides",
+        ),
+        pytest.param(
+            report(spf="pass", dmarc="fail", policy="reject"),
+            envelope(),
+            None,
+            Action.BOUNCE,
+            True,
+            id="rule3-reject-verified-bounces",
+        ),
+        pytest.param(
+            report(spf="softfail", dmarc="fail", policy="reject"),
+            envelope(),
+            None,
+            Action.QUARANTINE,
+            False,
+            id="rule3-reject-unverified-quarantines",
+        ),
+        pytest.param(
+            report(spf="pass", dmarc="fail", policy="quarantine"),
+            envelope(),
+            None,
+            Action.QUARANTINE,
+            True,
+            id="rule3-quarantine-policy",
+        ),
+        pytest.param(
+            report(spf="fail", dmarc="fail", policy="none"),
+            envelope(),
+            None,
+            Action.DELIVER,
+            False,
+            id="rule3-p-none-continues",
+        ),
+        pytest.param(
+            report(spf="pass", dmarc="fail", policy="reject", testing=True),
+            envelope(),
+            None,
+            Action.QUARANTINE,
+            True,
+            id="rule3-t-y-reject-becomes-quarantine",
+        ),
+        pytest.param(
+            report(spf="pass", dmarc="fail", policy="quarantine", testing=True),
+            envelope(),
+            None,
+            Action.DELIVER,
+            True,
+            id="rule3-t-y-quarantine-becomes-none",
+        ),
+        pytest.param(
+            report(spf="pass", dmarc="pass", policy="reject"),
+            envelope(),
+            None,
+            Action.DELIVER,
+            True,
+            id="rule3-pass-delivers",
+        ),
+        pytest.param(
+            report(spf="fail"),
+            envelope(),
+            None,
+            Action.QUARANTINE,
+            False,
+            id="rule4-spf-fail-unverified-quarantines",
+        ),
+        pytest.param(
+            report(spf="fail", dkim_rp=True),
+            envelope(),
+            None,
+            Action.DELIVER,
+            True,
+            id="rule4-spf-fail-with-aligned-dkim-continues",
+        ),
+        pytest.param(
+            report(spf="fail", dmarc="permerror"),
+            envelope(),
+            None,
+            Action.QUARANTINE,
+            False,
+            id="rule4-applies-without-usable-from",
+        ),
+        pytest.param(
+            report(spf="softfail"),
+            envelope(),
+            None,
+            Action.DELIVER,
+            False,
+            id="rule4-softfail-continues",
+        ),
+        pytest.param(
+            report(spf="neutral"),
+            envelope(),
+            None,
+            Action.DELIVER,
+            False,
+            id="rule4-neutral-continues",
+        ),
+        pytest.param(
+            report(spf="permerror"),
+            envelope(),
+            None,
+            Action.DELIVER,
+            False,
+            id="rule4-permerror-continues",
+        ),
+        pytest.param(
+            report(spf="none"), envelope(), None, Action.DELIVER, False, id="rule5-nothing-delivers"
+        ),
+        pytest.param(
+            report(spf="pass", dmarc="fail", policy="reject"),
+            envelope(sender=None),
+            None,
+            Action.QUARANTINE,
+            False,
+            id="rule6-null-sender-never-bounced",
+        ),
+        pytest.param(
+            report(spf="fail", dmarc="fail", policy="reject", dkim_rp=True),
+            envelope(),
+            None,
+            Action.BOUNCE,
+            True,
+            id="rule6-dkim-aligned-reverse-path-bounces",
+        ),
+        pytest.param(
+            report(spf="fail", dkim_rp=False),
+            envelope(sender=None),
+            None,
+            Action.QUARANTINE,
+            False,
+            id="rule6-null-sender-spf-fail-quarantined",
+        ),
+    ],
+)
+def test_decision_table(
+    rep: AuthReport, env: Envelope, age: float | None, action: Action, verified: bool
+) -> None:
+    """Each row of the decision table gives its action and verification."""
+    decision = decide(rep, env, KNOBS, age)
+    assert decision.action is action, decision.reasons
+    assert decision.reverse_path_verified is verified
+    assert decision.reasons
+    if action is Action.BOUNCE:
+        assert decision.status is not None
+        assert decision.status.startswith("5.7.")
+    if action is Action.DEFER:
+        assert decision.status is not None
+        assert decision.status.startswith("4.")
+
+
+@pytest.mark.parametrize(
+    ("rep", "code"),
+    [
+        pytest.param(
+            report(spf="pass", dmarc="fail", policy="reject"), "5.7.26", id="dmarc-5.7.26"
+        ),
+        pytest.param(
+            report(spf="fail", dkim_rp=True, dmarc="fail", policy="reject"),
+            "5.7.26",
+            id="dmarc-first",
+        ),
+    ],
+)
+def test_bounce_status_codes(rep: AuthReport, code: str) -> None:
+    """Bounces carry the RFC 7372 code of the failing mechanism."""
+    decision = decide(rep, envelope(), KNOBS)
+    assert decision.status is not None
+    assert decision.status.split()[0] == code
+
+
+def test_spf_fail_alone_never_bounces() -> None:
+    """SPF fail cannot bounce: it excludes SPF pass, and aligned DKIM or trust stop rule 4 first."""
+    decision = decide(report(spf="fail"), envelope(), KNOBS)
+    assert decision.action is Action.QUARANTINE
+    assert any("SPF fail" in reason for reason in decision.reasons)
+
+
+def test_status_line_never_carries_foreign_characters() -> None:
+    """A hostile From domain cannot put line breaks or markup into the MTA status line."""
+    rep = AuthReport(
+        spf=SpfResult(Result.PASS, "mailfrom", "sender.example"),
+        dkim=(),
+        dmarc=DmarcResult(Result.FAIL, "evil.example\r\n5.0.0 <b>", Policy.REJECT),
+    )
+    decision = decide(rep, envelope(), KNOBS)
+    assert decision.action is Action.BOUNCE
+    assert decision.status is not None
+    assert (
+        "\n" not in decision.status and "<" not in decision.status and "\r" not in decision.status
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "testing", "expected"),
+    [
+        pytest.param(Policy.REJECT, False, Policy.REJECT, id="reject"),
+        pytest.param(Policy.REJECT, True, Policy.QUARANTINE, id="reject-t"),
+        pytest.param(Policy.QUARANTINE, True, Policy.NONE, id="quarantine-t"),
+        pytest.param(Policy.NONE, True, Policy.NONE, id="none-t"),
+        pytest.param(None, True, None, id="no-policy"),
+    ],
+)
+def test_effective_policy(policy: Policy | None, testing: bool, expected: Policy | None) -> None:
+    """t=y lowers the policy by one step."""
+    assert effective_policy(policy, testing) is expected
+
+
+results = st.sampled_from(list(Result))
+policies = st.none() | st.sampled_from(list(Policy))
+domains = st.none() | st.text(max_size=30)
+
+
+@given(
+    spf=results,
+    spf_identity=st.sampled_from(["mailfrom", "helo"]),
+    dmarc=results,
+    policy=policies,
+    testing=st.booleans(),
+    domain=domains,
+    dkim_rp=st.booleans(),
+    null_sender=st.booleans(),
+    sasl=st.none() | st.text(max_size=5),
+    age=st.none() | st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_decide_never_raises(
+    spf: Result,
+    spf_identity: str,
+    dmarc: Result,
+    policy: Policy | None,
+    testing: bool,
+    domain: str | None,
+    dkim_rp: bool,
+    null_sender: bool,
+    sasl: str | None,
+    age: float | None,
+) -> None:
+    """decide() is total: any combination of results gives a decision, and bounces are verified."""
+    rep = AuthReport(
+        spf=SpfResult(spf, spf_identity, domain),
+        dkim=(),
+        dmarc=DmarcResult(dmarc, domain, policy, testing=testing),
+        reverse_path_dkim_aligned=dkim_rp,
+    )
+    env = envelope(sender=None if null_sender else SENDER, sasl=sasl)
+    decision = decide(rep, env, KNOBS, age)
+    assert isinstance(decision.action, Action)
+    if decision.action is Action.BOUNCE:
+        assert decision.reverse_path_verified
+        assert not null_sender
+    if null_sender:
+        assert not decision.reverse_path_verified
