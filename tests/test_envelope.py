@@ -1,0 +1,112 @@
+"""Envelope intake from options and SCATTERGUARD_* environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from scatterguard.envelope import from_values, parse_sender
+from scatterguard.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("text", "domain"),
+    [
+        pytest.param("", None, id="empty-is-null"),
+        pytest.param("<>", None, id="brackets-are-null"),
+        pytest.param("alice@Example.TEST", "example.test", id="lower-cased"),
+        pytest.param("<bob@mail.example>", "mail.example", id="angle"),
+        pytest.param("user@münchen.example", "xn--mnchen-3ya.example", id="idn-to-a-label"),
+        pytest.param("root@localhost", "localhost", id="special-use-name"),
+        pytest.param("prvs=1234=bob@bounce.example", "bounce.example", id="batv"),
+    ],
+)
+def test_senders(text: str, domain: str | None) -> None:
+    """Valid reverse-paths give their ASCII domain; "" and <> are the null reverse-path."""
+    sender = parse_sender(text)
+    assert (sender.domain if sender else None) == domain
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("no-at-sign", id="no-at"),
+        pytest.param("a@b\r\nRCPT TO:<x@y>", id="crlf"),
+        pytest.param("a\x00@example.test", id="nul"),
+        pytest.param("a@@example.test", id="double-at"),
+        pytest.param("a@-bad-.example", id="bad-label"),
+    ],
+)
+def test_bad_senders(text: str) -> None:
+    """An unparsable sender is a usage error (the filter defers, never bounces)."""
+    with pytest.raises(UsageError):
+        parse_sender(text)
+
+
+def test_options_win_over_environment() -> None:
+    """Options win over SCATTERGUARD_* variables; the environment fills what is missing."""
+    env = {
+        "SCATTERGUARD_CLIENT_ADDRESS": "192.0.2.9",
+        "SCATTERGUARD_HELO": "env.example",
+        "SCATTERGUARD_QUEUE_ID": "1abc-00",
+        "SCATTERGUARD_SASL_USER": "",
+    }
+    envelope = from_values(
+        "a@x.example", ["b@y.example"], {"client_address": "198.51.100.1", "helo": None}, env
+    )
+    assert envelope.client_address == ipaddress.ip_address("198.51.100.1")
+    assert envelope.helo == "env.example"
+    assert envelope.queue_id == "1abc-00"
+    assert envelope.sasl_user is None
+
+
+def test_empty_option_is_empty_not_environment() -> None:
+    """Postfix passes --helo= for a client without HELO; that empty value wins."""
+    envelope = from_values("", ["b@y.example"], {"helo": ""}, {"SCATTERGUARD_HELO": "env.example"})
+    assert envelope.helo is None
+    assert envelope.sender is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param({"client_address": "not-an-ip"}, "client address", id="bad-ip"),
+        pytest.param({"queue_id": "../../etc/passwd"}, "queue id", id="queue-id-path"),
+        pytest.param({"helo": "a\nb"}, "HELO", id="helo-newline"),
+    ],
+)
+def test_bad_envelope_values(options: dict[str, str], message: str) -> None:
+    """Hostile envelope values are refused with a message naming them."""
+    with pytest.raises(UsageError, match=message):
+        from_values("a@x.example", ["b@y.example"], options, {})
+
+
+@pytest.mark.parametrize(
+    ("client", "expected"),
+    [
+        pytest.param("2001:db8::1", "2001:db8::1", id="ipv6"),
+        pytest.param("IPv6:2001:db8::1", "2001:db8::1", id="ipv6-tag"),
+        pytest.param("::ffff:192.0.2.1", "192.0.2.1", id="v4-mapped"),
+        pytest.param("unknown", None, id="postfix-unknown"),
+    ],
+)
+def test_client_addresses(client: str, expected: str | None) -> None:
+    """IPv6, tagged and v4-mapped client addresses are understood."""
+    envelope = from_values("a@x.example", ["b@y.example"], {"client_address": client}, {})
+    assert (str(envelope.client_address) if envelope.client_address else None) == expected
+
+
+def test_recipients_required_and_checked() -> None:
+    """No recipients, or a recipient with CR/LF or a leading dash, is a usage error."""
+    with pytest.raises(UsageError, match="no recipients"):
+        from_values("a@x.example", [], {}, {})
+    for bad in ("b@y.example\r\nDATA", "-oi@y.example", ""):
+        with pytest.raises(UsageError):
+            from_values("a@x.example", [bad], {}, {})
+
+
+def test_long_helo_is_dropped() -> None:
+    """A 300-character HELO is the client's fault: it is ignored, not an error."""
+    envelope = from_values("a@x.example", ["b@y.example"], {"helo": "h" * 300}, {})
+    assert envelope.helo is None
