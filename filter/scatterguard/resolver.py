@@ -131,27 +131,35 @@ class Resolver:
             return Answer(Status.NXDOMAIN, ttl=MAX_TTL, detail=f"{name!r} is not a valid DNS name")
         request = dns.message.make_query(qname, qtype, use_edns=0, payload=EDNS_PAYLOAD)
         deadline = self.clock() + self.timeout
+        servers = len(self.nameservers)
+        # A server that failed outright (SERVFAIL, REFUSED, garbage) is not asked again in this
+        # lookup; one that stayed silent is, since a datagram may have been lost.
+        failed: dict[int, Answer] = {}
         last = Answer(Status.TIMEOUT, detail=f"no answer for {name}/{rdtype}")
         attempt = 0
         while True:
             remaining = deadline - self.clock()
             if remaining <= 0:
-                return last
-            host, port = self.nameservers[attempt % len(self.nameservers)]
+                return next(iter(failed.values()), last)
+            index = attempt % servers
             attempt += 1
-            # Retransmit within the lookup's time: one lost datagram must not cost the lookup.
+            if index in failed:
+                continue
+            host, port = self.nameservers[index]
             wait = min(remaining, max(self.timeout / 3, 0.2))
             self.lookups += 1
             response = self._exchange(request, host, port, wait, remaining)
-            if isinstance(response, Answer):
-                last = response
-                continue
-            answer = _interpret(response, qname, qtype)
-            if answer.status in (Status.SERVFAIL, Status.ERROR) and len(self.nameservers) > 1:
-                # Another server may answer; try each once more before giving up.
+            answer = (
+                response if isinstance(response, Answer) else _interpret(response, qname, qtype)
+            )
+            if answer.status is Status.TIMEOUT:
                 last = answer
-                if attempt < 2 * len(self.nameservers):
-                    continue
+                continue
+            if answer.status in (Status.SERVFAIL, Status.ERROR):
+                failed[index] = answer
+                if len(failed) == servers:
+                    return answer
+                continue
             return answer
 
     @staticmethod
