@@ -1,0 +1,7 @@
+"""``python -m scatterguard``: the same as the ``scatterguard`` command."""
+
+import sys
+
+from scatterguard.cli import main
+
+sys.exit(main())
