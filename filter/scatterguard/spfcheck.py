@@ -1,0 +1,293 @@
+"""SPF (RFC 7208) for the MAIL FROM and HELO identities, evaluated by pyspf over our resolver.
+
+This module owns two things:
+
+- :func:`check_spf`, which picks the identities to check from the envelope (RFC 7208 §2.3, §2.4),
+  runs the evaluation and turns every outcome, including a library bug, into an
+  :class:`~scatterguard.results.SpfResult`; it never raises.
+- :class:`ResolverQuery`, a subclass of ``spf.query`` whose ``dns()`` method asks our
+  :class:`~scatterguard.resolver.Resolver` instead of pyspf's module-global ``DNSLookup``. Nothing
+  global in pyspf is patched, and nothing in the evaluation touches the system resolver or a
+  socket of its own: the receiver name (the ``r`` macro) is passed in, never looked up.
+
+Choices where the RFC leaves room, made here once:
+
+- For the null reverse-path, RFC 7208 §2.4 defines the MAIL FROM identity as
+  ``postmaster@<HELO>``, and §2.3 checks the HELO identity with exactly the same ``check_host()``
+  arguments. The evaluation is therefore run once and reported twice: as the MAIL FROM result
+  (identity ``mailfrom``, domain = the HELO name) and as the HELO result (identity ``helo``).
+  For a non-null reverse-path the HELO identity is not checked and the second value is ``None``.
+- DNS errors while validating PTR names (the ``ptr`` mechanism, the ``p`` macro) skip that name
+  or give no validated name, as RFC 7208 §5.5 says, instead of pyspf's ``temperror``.
+- A HELO name or sender domain that is not a multi-label domain name (an address literal, a bare
+  host name, an empty or over-long label) gives ``none`` without a lookup (RFC 7208 §4.3).
+- pyspf's explanation can come from the domain's ``exp=`` record, i.e. from whoever controls that
+  DNS: it is kept as data only, control characters replaced and cut to :data:`MAX_REASON`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any
+
+import dns.name
+import spf
+
+from scatterguard.envelope import Envelope
+from scatterguard.resolver import Resolver, Status
+from scatterguard.results import Result, SpfResult
+
+MAX_REASON = 200
+# RFC 7208 §4.6.4 recommends at least 20 seconds for the whole evaluation.
+DEFAULT_QUERY_TIME = 20.0
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+# RFC 7208 §7.1 toplabel: not all digits, so "192.0.2.1" is never taken for a domain.
+_TOPLABEL = re.compile(
+    r"(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\Z"
+)
+_RESULTS = {result.value: result for result in Result}
+
+
+class OutOfTime(spf.TempError):  # type: ignore[misc]  # pyspf ships no type information
+    """The evaluation's time budget is spent: temperror, never skipped like one failed lookup."""
+
+
+class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type information
+    """An ``spf.query`` whose DNS lookups go through our :class:`Resolver`.
+
+    ``dns()`` is the one seam pyspf calls for every lookup (TXT for records and ``exp=``, A/AAAA,
+    MX, PTR). ``validated_ptrs()`` is replaced too, so DNS errors during PTR validation follow
+    RFC 7208 §5.5. The rest of pyspf (record selection, mechanisms, macros, the lookup limits) is
+    used as it is.
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        i: str,
+        s: str,
+        h: str,
+        receiver: str | None = None,
+        query_time: float = DEFAULT_QUERY_TIME,
+    ) -> None:
+        # querytime=0: pyspf's own budget only shortens the timeout of its DNSLookup, which we do
+        # not use; the overall budget is kept below, in dns(). A falsy receiver makes pyspf use
+        # "unknown" rather than anything it would have to look up.
+        super().__init__(i=i, s=s, h=h, receiver=receiver or None, strict=True, querytime=0)
+        self.resolver = resolver
+        self.query_time = query_time
+        self.deadline = time.monotonic() + query_time
+
+    def dns(
+        self,
+        name: Any,
+        qtype: str,
+        cnames: Any = None,
+        ignore_void: bool = False,
+    ) -> list[Any]:
+        """Look up ``qtype`` records of ``name`` in the shapes pyspf expects.
+
+        A and AAAA give address strings, MX ``(preference, exchange)``, PTR host names, TXT and SPF
+        one list of byte strings per record. No data and NXDOMAIN give ``[]`` and count as a void
+        lookup unless ``ignore_void`` (RFC 7208 §4.6.4); a SERVFAIL, timeout or other failure raises
+        ``spf.TempError``, which pyspf reports as ``temperror``.
+        """
+        # The resolver follows CNAME chains itself (and gives up on loops), so pyspf's own chain
+        # bookkeeping has nothing to do.
+        del cnames
+        host = str(name).rstrip(".").lower()
+        if not _carriable(host):
+            # A name DNS cannot carry (an empty or over-long label) has no data; like pyspf, this is
+            # not counted as a void lookup because no query was sent.
+            return []
+        if time.monotonic() > self.deadline:
+            raise OutOfTime(f"SPF evaluation exceeded {self.query_time:g} s")
+        answer = self.resolver.query(host, qtype)
+        if answer.temporary:
+            raise spf.TempError(f"DNS {answer.status.value} for {host}/{qtype}")
+        found = (
+            [_shape(qtype, record) for record in answer.records]
+            if answer.status is Status.OK
+            else []
+        )
+        if not found and not ignore_void:
+            self.void_lookups += 1
+            if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+        return found
+
+    def validated_ptrs(self) -> list[str]:
+        """The client's PTR names that resolve back to it (RFC 7208 §5.5), for ``ptr`` and ``%{p}``.
+
+        pyspf's own version lets a DNS error in these lookups end the whole evaluation as
+        ``temperror``; RFC 7208 §5.5 says otherwise: an error on the PTR lookup means no validated
+        name (the mechanism does not match, ``%{p}`` is "unknown", §7.3), and an error on one
+        name's address lookup skips that name. Broken reverse DNS is common; it must not turn a
+        definite result into a retry. The limit of 10 names (§4.6.4) is kept.
+        """
+        try:
+            names = self.dns_ptr(self.i)[: spf.MAX_PTR]
+        except OutOfTime:
+            raise
+        except spf.TempError:
+            return []
+        validated = []
+        for name in names:
+            try:
+                addresses = self.dns_a(name, self.A)
+            except OutOfTime:
+                raise
+            except spf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
+
+
+def _shape(qtype: str, record: Any) -> Any:
+    """One dnspython rdata in the form pyspf's mechanisms consume."""
+    kind = qtype.upper()
+    if kind in ("A", "AAAA"):
+        return str(record.address)
+    if kind == "MX":
+        # A null MX (RFC 7505, exchange ".") names no host: "" makes pyspf skip it.
+        exchange = record.exchange
+        host = "" if exchange == dns.name.root else exchange.to_text(omit_final_dot=True)
+        return (int(record.preference), host)
+    if kind == "PTR":
+        return str(record.target.to_text(omit_final_dot=True))
+    if kind in ("TXT", "SPF"):
+        # A record without character-strings is empty text; pyspf indexes the first string.
+        return list(record.strings) or [b""]
+    return record.to_text()
+
+
+def _carriable(host: str) -> bool:
+    """True when every label is 1..63 octets and the name fits in 253 (RFC 1035 §2.3.4)."""
+    if not host or len(host) > 253:
+        return False
+    return all(0 < len(label) < 64 for label in host.split("."))
+
+
+def spf_domain(text: str | None) -> str | None:
+    """The name as an SPF ``<domain>`` (ASCII, lower case, no final dot), or None if it is not one.
+
+    RFC 7208 §4.3: a malformed domain or one that is not multi-label gives ``none`` at once. Address
+    literals (``[192.0.2.1]``) and bare IP addresses are not domains.
+    """
+    if not text:
+        return None
+    name = text.strip().rstrip(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2:
+        return None
+    if not all(_LABEL.match(label) for label in labels) or not _TOPLABEL.match(labels[-1]):
+        return None
+    return name.lower()
+
+
+def check_spf(
+    resolver: Resolver,
+    envelope: Envelope,
+    *,
+    query_time: float = DEFAULT_QUERY_TIME,
+    receiver: str | None = None,
+) -> tuple[SpfResult, SpfResult | None]:
+    """SPF for the envelope: ``(MAIL FROM result, HELO result or None)``; never raises.
+
+    ``receiver`` is the name of the host doing the check (the ``r`` macro of ``exp=`` texts, e.g.
+    the authserv-id); without it pyspf says ``unknown``. ``query_time`` bounds the whole evaluation
+    (RFC 7208 §4.6.4); each lookup is also bounded by the resolver's own timeout.
+    """
+    client = str(envelope.client_address) if envelope.client_address is not None else None
+    if envelope.sender is None:
+        helo_result = _check_helo(resolver, client, envelope.helo, query_time, receiver)
+        # RFC 7208 §2.4: with the null reverse-path the MAIL FROM identity is postmaster@<HELO>,
+        # evaluated with the same arguments as the HELO identity (§2.3): one evaluation, two names.
+        return dataclasses.replace(helo_result, identity="mailfrom"), helo_result
+    sender = envelope.sender
+    domain = spf_domain(sender.domain)
+    if domain is None:
+        reason = f"sender domain {sender.domain!r} is not a domain name (RFC 7208 §4.3)"
+        return SpfResult(Result.NONE, "mailfrom", None, _clean(reason)), None
+    if client is None:
+        return SpfResult(Result.NONE, "mailfrom", domain, "no client address to check"), None
+    mailbox = f"{sender.local_part}@{domain}"
+    helo = envelope.helo or "unknown"
+    result = evaluate(resolver, client, mailbox, helo, query_time=query_time, receiver=receiver)
+    return _as(result, "mailfrom", domain), None
+
+
+def _check_helo(
+    resolver: Resolver,
+    client: str | None,
+    helo: str | None,
+    query_time: float,
+    receiver: str | None,
+) -> SpfResult:
+    if not helo:
+        reason = "null reverse-path and no HELO name: nothing to check (RFC 7208 §2.4)"
+        return SpfResult(Result.NONE, "helo", None, reason)
+    domain = spf_domain(helo)
+    if domain is None:
+        reason = f"HELO name {helo!r} is not a domain name (RFC 7208 §2.3, §4.3)"
+        return SpfResult(Result.NONE, "helo", None, _clean(reason))
+    if client is None:
+        return SpfResult(Result.NONE, "helo", domain, "no client address to check")
+    mailbox = f"postmaster@{domain}"
+    result = evaluate(resolver, client, mailbox, domain, query_time=query_time, receiver=receiver)
+    return _as(result, "helo", domain)
+
+
+def evaluate(
+    resolver: Resolver,
+    client: str,
+    sender: str,
+    helo: str,
+    *,
+    query_time: float = DEFAULT_QUERY_TIME,
+    receiver: str | None = None,
+) -> tuple[Result, str]:
+    """RFC 7208 ``check_host()`` for ``client`` and ``sender`` (``local@domain``) as given.
+
+    Returns the result word and a short, cleaned reason. ``sender`` is passed to pyspf as it is,
+    without envelope parsing; an empty ``sender`` means the HELO identity (``postmaster@helo``).
+    Never raises.
+    """
+    try:
+        query = ResolverQuery(
+            resolver, i=client, s=sender, h=helo, receiver=receiver, query_time=query_time
+        )
+        word, _code, explanation = query.check()
+        result = _RESULTS.get(str(word))
+        if result is None or result is Result.POLICY:
+            return Result.TEMPERROR, _clean(f"unexpected SPF result {word!r}")
+        text = str(explanation or "")
+        if result is Result.NONE and not text:
+            text = f"no SPF record for {query.d}"
+        return result, _clean(text)
+    # pyspf reports DNS and record problems as results; anything else that escapes is a bug in
+    # the library or in us. A bug must make the MTA retry (temperror leads to defer), never fail
+    # or bounce mail.
+    except Exception as exc:  # noqa: BLE001
+        return Result.TEMPERROR, _clean(f"SPF evaluation failed: {type(exc).__name__}: {exc}")
+
+
+def _as(outcome: tuple[Result, str], identity: str, domain: str) -> SpfResult:
+    return SpfResult(outcome[0], identity, domain, outcome[1])
+
+
+def _clean(text: str) -> str:
+    """Keep a reason one short line of data: control characters replaced, length capped."""
+    text = _CONTROL.sub("?", text)
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
