@@ -1,0 +1,692 @@
+"""The quarantine store, and the functions behind ``scatterguard quarantine ...``.
+
+The store owns one directory (``quarantine.directory``, mode 0700) laid out like a Maildir::
+
+    <directory>/tmp/            entries being written; never read as entries
+    <directory>/<id>            one complete entry per file, mode 0600
+
+An entry file is one line of JSON metadata (ASCII, so it holds no raw newline), a ``\\n``, and then
+the message bytes exactly as the MTA handed them to us: before our Authentication-Results header
+was prepended (its value is in the metadata) and never re-serialised. The metadata carries the
+envelope (``sender`` is ``""`` for the null reverse-path), the client address, HELO, queue id, the
+decision and its reasons, the A-R value, the time received (ISO 8601, UTC), and the size and
+SHA-256 of the message bytes, which :meth:`Store.get` checks.
+
+Crash safety (the Maildir delivery protocol): an entry is written to a uniquely named file in
+``tmp/``, fsynced, renamed to its final name, and the directory is fsynced. A crash at any point
+leaves either no entry or a complete one; a stale file in ``tmp/`` is never listed and is
+removed by :meth:`Store.purge` once it is older than 36 hours (as Maildir readers do). A failed
+write raises :class:`~scatterguard.errors.QuarantineError` and removes its temporary file.
+
+Ids: nothing from the message or the envelope becomes a path. An entry's id is the first 128 bits
+(32 hex digits) of a SHA-256 over the queue id, the sender, the recipients and the digest of the
+message bytes, so a retried delivery of the same queue id finds its entry instead of adding a
+second one, while a message that the MTA splits into several deliveries (one queue id, different
+recipients) gets one entry per delivery and loses none. Ids given on the command line are checked
+against ``^[0-9a-f]{32}$`` before any path is built from them.
+
+The command functions (``list_entries``, ``show``, ``release``, ``delete``, ``purge``) take the
+store and output streams, know nothing of argparse, and return 0 on success and 1 on failure with
+one line on ``err``. Everything they print that came from a message or an envelope is escaped, so
+no control character reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+
+from scatterguard import authresults
+from scatterguard.errors import QuarantineError, ReinjectError
+from scatterguard.message import Message
+
+if TYPE_CHECKING:
+    from scatterguard.envelope import Envelope
+    from scatterguard.reinject import Reinjector
+    from scatterguard.verdict import Decision
+
+FORMAT = 1
+ID_LENGTH = 32
+_ID = re.compile(r"[0-9a-f]{32}\Z")
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+# Maildir readers remove files left in tmp/ for 36 hours: a writer never takes that long.
+STALE_TMP = timedelta(hours=36)
+# RFC 5322 §2.2: a header field body we prepend must be printable US-ASCII.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]+\Z")
+
+
+class NotFound(QuarantineError):
+    """No entry has the given id."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What the store keeps about a message besides its bytes."""
+
+    sender: str  # "" is the null reverse-path
+    recipients: tuple[str, ...]
+    client_address: str | None = None
+    helo: str | None = None
+    queue_id: str | None = None
+    action: str = "quarantine"
+    reverse_path_verified: bool = False
+    reasons: tuple[str, ...] = ()
+    authentication_results: str = ""
+
+    @classmethod
+    def from_decision(
+        cls, envelope: Envelope, decision: Decision, authentication_results: str
+    ) -> Metadata:
+        """The metadata of a message the filter decided to quarantine."""
+        return cls(
+            sender=envelope.sender_text,
+            recipients=tuple(envelope.recipients),
+            client_address=str(envelope.client_address) if envelope.client_address else None,
+            helo=envelope.helo,
+            queue_id=envelope.queue_id,
+            action=str(decision.action),
+            reverse_path_verified=decision.reverse_path_verified,
+            reasons=tuple(decision.reasons),
+            authentication_results=authentication_results,
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored message's id and metadata (its bytes come from :meth:`Store.get`)."""
+
+    id: str
+    received: datetime  # aware, UTC
+    size: int
+    sha256: str
+    metadata: Metadata
+
+    def as_json(self) -> dict[str, Any]:
+        """The object ``quarantine list --json`` prints for this entry."""
+        meta = self.metadata
+        return {
+            "id": self.id,
+            "received": format_time(self.received),
+            "sender": meta.sender,
+            "recipients": list(meta.recipients),
+            "client_address": meta.client_address,
+            "helo": meta.helo,
+            "queue_id": meta.queue_id,
+            "action": meta.action,
+            "reverse_path_verified": meta.reverse_path_verified,
+            "reasons": list(meta.reasons),
+            "authentication_results": meta.authentication_results,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The entries found in the store, oldest first, and the files that could not be read."""
+
+    entries: list[Entry]
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, to the microsecond (entries sort by it)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def valid_id(entry_id: str) -> bool:
+    """True when ``entry_id`` has the shape of an id; only such ids ever become paths."""
+    return bool(_ID.match(entry_id))
+
+
+def entry_id(metadata: Metadata, data: bytes) -> str:
+    """The deterministic id of a message and its envelope (see the module docstring)."""
+    # JSON of a list is an unambiguous encoding: no value can shift into its neighbour.
+    key = json.dumps(
+        [
+            FORMAT,
+            metadata.queue_id or "",
+            metadata.sender,
+            list(metadata.recipients),
+            hashlib.sha256(data).hexdigest(),
+        ]
+    )
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:ID_LENGTH]
+
+
+class Store:
+    """A crash-safe directory of quarantined messages."""
+
+    def __init__(self, directory: Path | str, clock: Callable[[], datetime] = _utcnow) -> None:
+        # Nothing touches the disk here: the filter builds a store for every message, and only
+        # a message that is quarantined needs the directory.
+        self.directory = Path(directory)
+        self.tmp = self.directory / "tmp"
+        self.clock = clock
+
+    def now(self) -> datetime:
+        """The store's clock, as an aware UTC datetime (a naive value is taken as UTC)."""
+        return _utc(self.clock())
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def add(
+        self, data: bytes, envelope: Envelope, decision: Decision, authentication_results: str
+    ) -> str:
+        """Quarantine a message the filter decided on; return its id (see :meth:`put`)."""
+        return self.put(Metadata.from_decision(envelope, decision, authentication_results), data).id
+
+    def put(self, metadata: Metadata, data: bytes) -> Entry:
+        """Store a message durably and return its entry; an existing entry is returned as is.
+
+        Raises QuarantineError when the entry cannot be written; then nothing is left behind.
+        """
+        new_id = entry_id(metadata, data)
+        final = self.directory / new_id
+        self._prepare()
+        try:
+            existing: Entry | None = self.get(new_id)[0]
+        except NotFound:
+            existing = None
+        except QuarantineError:
+            # A damaged entry under this id: the rename below replaces it with a good copy.
+            existing = None
+        if existing is not None:
+            # A retried delivery. The earlier attempt may have died between its rename and its
+            # directory fsync, so make the entry durable before the MTA forgets the message.
+            self._sync_directory(self.directory)
+            return existing
+        entry = Entry(
+            id=new_id,
+            received=self.now(),
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            metadata=metadata,
+        )
+        head = json.dumps(_to_record(entry), ensure_ascii=True, separators=(",", ":"))
+        self._write(final, head.encode("ascii") + b"\n" + data)
+        return entry
+
+    def _prepare(self) -> None:
+        """Create the store and its tmp/ directory, mode 0700, when they are missing."""
+        for path in (self.directory, self.tmp):
+            if path.is_dir():
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise QuarantineError(
+                    f"quarantine: cannot create directory {path.parent}: {_reason(exc)}"
+                ) from None
+            try:
+                os.mkdir(path, DIRECTORY_MODE)
+                # The umask may have taken bits away: set the mode explicitly.
+                os.chmod(path, DIRECTORY_MODE)
+            except FileExistsError:
+                # Another process made it first, or something that is not a directory is there.
+                if not path.is_dir():
+                    raise QuarantineError(
+                        f"quarantine: cannot create directory {path}: something else is in the way"
+                    ) from None
+                continue
+            except OSError as exc:
+                raise QuarantineError(
+                    f"quarantine: cannot create directory {path}: {_reason(exc)}"
+                ) from None
+            self._sync_directory(path.parent)
+
+    def _write(self, final: Path, content: bytes) -> None:
+        """Maildir delivery: tmp file, write, fsync, rename into place, fsync the directory."""
+        # The temporary name is ours alone: time, process and randomness, nothing from the mail.
+        name = f"{time.time_ns()}.{os.getpid()}.{secrets.token_hex(8)}"
+        temporary = self.tmp / name
+        try:
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                FILE_MODE,
+            )
+        except OSError as exc:
+            raise QuarantineError(
+                f"quarantine: cannot create a file in {self.tmp}: {_reason(exc)}"
+            ) from None
+        try:
+            try:
+                os.fchmod(fd, FILE_MODE)
+                view = memoryview(content)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, final)
+        except BaseException as exc:
+            # Also on the filter's deadline alarm (a BaseException): leave no partial file.
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            if isinstance(exc, OSError):
+                raise QuarantineError(
+                    f"quarantine: cannot write an entry in {self.directory}: {_reason(exc)}"
+                ) from None
+            raise
+        self._sync_directory(self.directory)
+
+    def _sync_directory(self, path: Path) -> None:
+        """fsync a directory so a rename or unlink in it survives a crash."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise QuarantineError(f"quarantine: cannot sync {path}: {_reason(exc)}") from None
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def scan(self) -> Scan:
+        """All entries, oldest first; a missing store is an empty one."""
+        entries: list[Entry] = []
+        unreadable: list[str] = []
+        for name in self._names():
+            try:
+                entries.append(self.entry(name))
+            except NotFound:
+                continue  # deleted while we were looking
+            except QuarantineError:
+                unreadable.append(name)
+        entries.sort(key=lambda e: (e.received, e.id))
+        return Scan(entries, unreadable)
+
+    def entries(self) -> list[Entry]:
+        """All readable entries, oldest first."""
+        return self.scan().entries
+
+    def _names(self) -> Iterator[str]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise QuarantineError(
+                f"quarantine: cannot read directory {self.directory}: {_reason(exc)}"
+            ) from None
+        # Only names that have the shape of an id are entries: tmp/, lost+found, editor
+        # backups and anything else an administrator put there are not.
+        yield from sorted(name for name in names if valid_id(name))
+
+    def _path(self, entry_id: str) -> Path:
+        if not valid_id(entry_id):
+            raise NotFound(
+                f"quarantine: '{_printable(entry_id)}' is not a quarantine id (32 hex digits)"
+            )
+        return self.directory / entry_id
+
+    def entry(self, entry_id: str) -> Entry:
+        """The metadata of one entry (the message bytes are not read)."""
+        path = self._path(entry_id)
+        try:
+            with _open(path) as handle:
+                head = handle.readline()
+                total = os.fstat(handle.fileno()).st_size
+        except FileNotFoundError:
+            raise NotFound(f"quarantine: no entry {entry_id}") from None
+        except OSError as exc:
+            raise QuarantineError(f"quarantine: cannot read {path}: {_reason(exc)}") from None
+        entry = _from_record(entry_id, head, path)
+        # A cheap check that catches a truncated entry without reading the message.
+        if total != len(head) + entry.size:
+            raise QuarantineError(f"quarantine: {path} is damaged (its size is wrong)")
+        return entry
+
+    def get(self, entry_id: str) -> tuple[Entry, bytes]:
+        """One entry and its message bytes, checked against the stored size and digest."""
+        path = self._path(entry_id)
+        try:
+            with _open(path) as handle:
+                content = handle.read()
+        except FileNotFoundError:
+            raise NotFound(f"quarantine: no entry {entry_id}") from None
+        except OSError as exc:
+            raise QuarantineError(f"quarantine: cannot read {path}: {_reason(exc)}") from None
+        head, _, data = content.partition(b"\n")
+        entry = _from_record(entry_id, head, path)
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise QuarantineError(f"quarantine: {path} is damaged (size or digest differs)")
+        return entry, data
+
+    # ---- removing ------------------------------------------------------------------------
+
+    def delete(self, entry_id: str) -> None:
+        """Remove one entry durably."""
+        path = self._path(entry_id)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            raise NotFound(f"quarantine: no entry {entry_id}") from None
+        except OSError as exc:
+            raise QuarantineError(f"quarantine: cannot remove {path}: {_reason(exc)}") from None
+        self._sync_directory(self.directory)
+
+    def purge(self, older_than: timedelta, now: datetime | None = None) -> int:
+        """Remove entries received more than ``older_than`` before ``now``; return how many.
+
+        Stale files in tmp/ (older than 36 hours, left by a crash) are removed too, uncounted.
+        """
+        moment = self.now() if now is None else _utc(now)
+        cutoff = moment - older_than
+        removed = 0
+        for entry in self.entries():
+            if entry.received < cutoff:
+                try:
+                    self.delete(entry.id)
+                except NotFound:
+                    continue
+                removed += 1
+        self._purge_tmp(moment)
+        return removed
+
+    def _purge_tmp(self, moment: datetime) -> None:
+        limit = (moment - STALE_TMP).timestamp()
+        try:
+            names = os.listdir(self.tmp)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise QuarantineError(f"quarantine: cannot read {self.tmp}: {_reason(exc)}") from None
+        for name in names:
+            path = self.tmp / name
+            try:
+                if path.is_file() and path.lstat().st_mtime < limit:
+                    path.unlink()
+            except OSError as exc:
+                raise QuarantineError(f"quarantine: cannot remove {path}: {_reason(exc)}") from None
+
+
+def _open(path: Path) -> BinaryIO:
+    """Open an entry for reading without following a symbolic link planted in its place.
+
+    The store belongs to the filter's user while ``quarantine show``/``release`` may run as root.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return os.fdopen(fd, "rb")
+
+
+def _to_record(entry: Entry) -> dict[str, Any]:
+    record = entry.as_json()
+    record["format"] = FORMAT
+    return record
+
+
+def _from_record(entry_id: str, head: bytes, path: Path) -> Entry:
+    """Parse and check the metadata line; anything unexpected is a damaged entry."""
+    try:
+        record = json.loads(head)
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ValueError("unknown format")
+        if record.get("id") != entry_id:
+            raise ValueError("id does not match the file name")
+        received = datetime.fromisoformat(_text(record["received"]).replace("Z", "+00:00"))
+        if received.tzinfo is None:
+            raise ValueError("received has no time zone")
+        metadata = Metadata(
+            sender=_text(record["sender"]),
+            recipients=tuple(_text(r) for r in _list(record["recipients"])),
+            client_address=_optional_text(record.get("client_address")),
+            helo=_optional_text(record.get("helo")),
+            queue_id=_optional_text(record.get("queue_id")),
+            action=_text(record["action"]),
+            reverse_path_verified=bool(record["reverse_path_verified"]),
+            reasons=tuple(_text(r) for r in _list(record["reasons"])),
+            authentication_results=_text(record["authentication_results"]),
+        )
+        size = record["size"]
+        digest = _text(record["sha256"])
+        if not isinstance(size, int) or size < 0:
+            raise ValueError("bad size")
+        return Entry(entry_id, received.astimezone(UTC), size, digest, metadata)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise QuarantineError(f"quarantine: {path} is damaged ({exc})") from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)
+
+
+# ---- the command functions ------------------------------------------------------------------
+
+
+def _printable(text: str) -> str:
+    """Escape every character a terminal could act on (C0/C1 controls, bidi overrides, ...)."""
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
+
+
+def _fail(err: TextIO | None, exc: Exception) -> int:
+    stream = sys.stderr if err is None else err
+    stream.write(_printable(str(exc).replace("\n", " ")) + "\n")
+    return 1
+
+
+def _sender(text: str) -> str:
+    return _printable(text) if text else "<>"
+
+
+def _short_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def list_entries(store: Store, *, as_json: bool, out: TextIO, err: TextIO | None = None) -> int:
+    """Print the entries, oldest first: a JSON array, or an aligned table for people."""
+    try:
+        scan = store.scan()
+    except QuarantineError as exc:
+        return _fail(err, exc)
+    for name in scan.unreadable:
+        _fail(err, QuarantineError(f"quarantine: entry {name} is unreadable; skipped"))
+    if as_json:
+        # ensure_ascii: every control character (and all else beyond ASCII) is escaped.
+        json.dump([entry.as_json() for entry in scan.entries], out, indent=2, ensure_ascii=True)
+        out.write("\n")
+        return 0
+    if not scan.entries:
+        out.write("The quarantine is empty.\n")
+        return 0
+    rows = [("ID", "RECEIVED (UTC)", "SENDER", "RECIPIENTS", "REASONS")]
+    for entry in scan.entries:
+        meta = entry.metadata
+        recipients = _clip(_printable(meta.recipients[0]), 40) if meta.recipients else "-"
+        if len(meta.recipients) > 1:
+            recipients += f" (+{len(meta.recipients) - 1})"
+        rows.append(
+            (
+                entry.id,
+                _short_time(entry.received),
+                _clip(_sender(meta.sender), 40),
+                recipients,
+                _printable("; ".join(meta.reasons)) or "-",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.write("  ".join([*cells, row[4]]).rstrip() + "\n")
+    return 0
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def show(store: Store, entry_id: str, out: TextIO, err: TextIO | None = None) -> int:
+    """Print an entry's metadata and its message's header section (never the body)."""
+    try:
+        entry, data = store.get(entry_id)
+    except QuarantineError as exc:
+        return _fail(err, exc)
+    meta = entry.metadata
+    lines = [
+        f"id:          {entry.id}",
+        f"received:    {format_time(entry.received)}",
+        f"sender:      {_sender(meta.sender)}",
+        f"recipients:  {', '.join(_printable(r) for r in meta.recipients) or '-'}",
+        f"client:      {_printable(meta.client_address or '-')}",
+        f"helo:        {_printable(meta.helo or '-')}",
+        f"queue id:    {_printable(meta.queue_id or '-')}",
+        f"action:      {_printable(meta.action)}",
+        f"verified:    {'yes' if meta.reverse_path_verified else 'no'} (reverse-path)",
+        f"size:        {entry.size} bytes",
+        "reasons:",
+        *(f"  - {_printable(reason)}" for reason in meta.reasons),
+        f"Authentication-Results: {_printable(meta.authentication_results) or '-'}",
+        "",
+    ]
+    message = Message(data)
+    header_section = data[: message.body_offset]
+    for raw in header_section.split(b"\n"):
+        line = raw.removesuffix(b"\r")
+        if not line:
+            continue
+        # Folded continuation lines start with a tab: show it as the spaces a terminal would.
+        text = line.decode("utf-8", "backslashreplace").expandtabs(8)
+        lines.append(_printable(text))
+    out.write("\n".join(lines) + "\n")
+    return 0
+
+
+def release_bytes(entry: Entry, data: bytes) -> bytes:
+    """The bytes a release re-injects: the stored A-R header prepended, as a delivery would.
+
+    A delivery removes every A-R field carrying our authserv-id and prepends ours (RFC 8601 §5);
+    a release does the same with the A-R value recorded at quarantine time, so a forged
+    ``dmarc=pass`` under our name never reaches the mailbox, and the recipient can still see
+    what the checks found.
+    """
+    value = entry.metadata.authentication_results
+    if not value:
+        return data
+    if not _HEADER_VALUE.match(value):
+        raise QuarantineError(f"quarantine: entry {entry.id} has an unusable A-R value")
+    authserv_id, *clauses = value.split("; ")
+    message = Message(data)
+    rendered = authresults.Rendered(authserv_id, tuple(clauses))
+    remove = list(authresults.ours(message, authserv_id))
+    return message.with_header(rendered.field(message.linesep), remove)
+
+
+def release(
+    store: Store,
+    entry_id: str,
+    reinjector: Reinjector,
+    out: TextIO,
+    err: TextIO | None = None,
+) -> int:
+    """Re-inject an entry with its original envelope; remove it only once that succeeded."""
+    try:
+        entry, data = store.get(entry_id)
+        payload = release_bytes(entry, data)
+    except QuarantineError as exc:
+        return _fail(err, exc)
+    meta = entry.metadata
+    try:
+        reinjector(meta.sender, meta.recipients, payload)
+    except ReinjectError as exc:
+        return _fail(err, QuarantineError(f"release {entry.id}: not released, entry kept: {exc}"))
+    try:
+        store.delete(entry.id)
+    except QuarantineError as exc:
+        # The message is on its way; a second release would deliver it twice.
+        return _fail(
+            err,
+            QuarantineError(
+                f"release {entry.id}: re-injected, but the entry could not be removed ({exc});"
+                f" remove it with 'scatterguard quarantine delete {entry.id}', do not release"
+                " it again"
+            ),
+        )
+    out.write(
+        f"released {entry.id} from {_sender(meta.sender)} to {len(meta.recipients)} recipient(s)\n"
+    )
+    return 0
+
+
+def delete(store: Store, entry_id: str, out: TextIO, err: TextIO | None = None) -> int:
+    """Remove an entry without delivering it."""
+    try:
+        store.delete(entry_id)
+    except QuarantineError as exc:
+        return _fail(err, exc)
+    out.write(f"deleted {entry_id}\n")
+    return 0
+
+
+def purge(
+    store: Store,
+    older_than_days: float,
+    out: TextIO,
+    now: datetime | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Remove entries received more than ``older_than_days`` days before ``now``."""
+    if not math.isfinite(older_than_days) or older_than_days < 0:
+        return _fail(err, QuarantineError(f"purge: {older_than_days!r} is not a number of days"))
+    try:
+        removed = store.purge(timedelta(days=older_than_days), now)
+    except (QuarantineError, OverflowError) as exc:
+        return _fail(err, exc)
+    noun = "entry" if removed == 1 else "entries"
+    out.write(f"purged {removed} {noun} older than {older_than_days:g} days\n")
+    return 0
