@@ -91,12 +91,3 @@ def test_second_nameserver_answers(dns_server: DnsServer) -> None:
             [(dns_server.host, dns_server.port), (other.host, other.port)], timeout=1.0
         )
         assert resolver.query("host.res.test", "A").status is Status.OK
-
-
-def test_domain_exists(dns_server: DnsServer, resolver: Resolver) -> None:
-    """RFC 9989 non-existence means no A, AAAA or MX; a temporary failure is reported as such."""
-    dns_server.records.add_text("mx.res.test. 300 IN MX 10 host.res.test.")
-    assert resolver.domain_exists("mx.res.test").status is Status.OK
-    assert resolver.domain_exists("nowhere.res.test").status is Status.NXDOMAIN
-    dns_server.fault("broken.res.test", "servfail")
-    assert resolver.domain_exists("broken.res.test").temporary

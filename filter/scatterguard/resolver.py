@@ -108,21 +108,6 @@ class Resolver:
         """Shorthand for a TXT lookup."""
         return self.query(name, "TXT")
 
-    def domain_exists(self, name: str) -> Answer:
-        """RFC 9989 non-existence: NXDOMAIN or no data for A, AAAA and MX alike.
-
-        Returns an ``OK`` answer when any of the three has data, ``NXDOMAIN`` when none has, and the
-        temporary answer when one of them failed and none had data.
-        """
-        failure: Answer | None = None
-        for rdtype in ("MX", "A", "AAAA"):
-            answer = self.query(name, rdtype)
-            if answer.status is Status.OK:
-                return answer
-            if answer.temporary:
-                failure = answer
-        return failure or Answer(Status.NXDOMAIN, detail=f"{name} has no A, AAAA or MX")
-
     def _lookup(self, name: str, rdtype: str) -> Answer:
         try:
             qname = dns.name.from_text(name)
