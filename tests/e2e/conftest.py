@@ -1,0 +1,167 @@
+"""Fixtures for the end-to-end tests: each MTA configured from hooks/, and a clean world per test.
+
+Every test that uses ``world`` runs once through Postfix (marked ``postfix``) and once through
+Exim (marked ``exim``), so a package build deselects them all with
+``-m "not postfix and not exim"``. Where they cannot run (not root, MTAs not installed by
+tests/e2e/install-mtas) they skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from dnsserver import DnsServer
+from e2e.harness import (
+    BANK_DOMAIN,
+    LOCAL_IP,
+    MTAS,
+    RUN,
+    SENDER_DOMAIN,
+    SENDER_IP,
+    DkimKey,
+    FilterSetup,
+    LogSink,
+    Mta,
+    all_mail,
+    clear_mailboxes,
+    install_filter,
+    is_dsn,
+    mailbox,
+    make_message,
+    reset_quarantine,
+    unavailable,
+    wait_for,
+)
+
+MTA_PARAMS = [
+    pytest.param(name, marks=[getattr(pytest.mark, name), pytest.mark.root, pytest.mark.slow])
+    for name in MTAS
+]
+
+
+@pytest.fixture(scope="session")
+def dkim_key() -> DkimKey:
+    """One RSA signing key for sender.example, selector s1."""
+    return DkimKey.generate(SENDER_DOMAIN, "s1")
+
+
+@pytest.fixture(scope="session")
+def filter_installed() -> None:
+    """The checkout, installed into the venv the MTAs run the filter from (once a session).
+
+    SCATTERGUARD_E2E_KEEP_FILTER=1 keeps whatever the venv holds, to try a build by hand.
+    """
+    RUN.mkdir(parents=True, exist_ok=True)
+    RUN.chmod(0o755)
+    if not os.environ.get("SCATTERGUARD_E2E_KEEP_FILTER"):
+        install_filter()
+
+
+@pytest.fixture(scope="session")
+def log_sink(filter_installed: None) -> Iterator[LogSink]:
+    """The socket the filter logs to, collected for assertions and failure reports."""
+    sink = LogSink(RUN / "log.sock")
+    yield sink
+    sink.close()
+
+
+@pytest.fixture(scope="session", params=MTA_PARAMS)
+def mta(request: pytest.FixtureRequest, dns_session: DnsServer, log_sink: LogSink) -> Iterator[Mta]:
+    """A running MTA configured from hooks/, with the filter pointed at the loopback DNS."""
+    reason = unavailable(request.param)
+    if reason:
+        pytest.skip(reason)
+    server = MTAS[request.param]()
+    setup = FilterSetup(dns_session.address, server.reinject_command())
+    try:
+        setup.install()
+        reset_quarantine()
+        server.configure()
+        server.start()
+        yield server
+    finally:
+        try:
+            server.clear_queue()
+            server.stop()
+        finally:
+            server.restore()
+            setup.restore()
+
+
+@dataclass
+class World:
+    """One scenario's view: the MTA, the DNS server, the signing key and the filter's log."""
+
+    mta: Mta
+    dns: DnsServer
+    key: DkimKey
+    sink: LogSink
+
+    def send(self, sender: str, recipients: list[str], data: bytes, client: str, helo: str) -> None:
+        self.mta.send(sender, recipients, data, client, helo)
+
+    def signed_message(self, to: list[str], subject: str, **extra: Any) -> tuple[bytes, str]:
+        data, message_id = make_message(
+            from_=f"News <news@{SENDER_DOMAIN}>", to=to, subject=subject, **extra
+        )
+        return self.key.sign(data), message_id
+
+    def wait(self, what: str, predicate: Callable[[], Any], timeout: float = 60) -> Any:
+        """Poll ``predicate`` until it is true; on timeout fail with what both logs say."""
+        return wait_for(what, predicate, timeout, report=self.report)
+
+    def wait_idle(self, what: str, timeout: float = 60) -> None:
+        """Wait until the MTA's queue is empty: the filter has acted and the MTA has finished."""
+        self.wait(f"{what} (an empty {self.mta.name} queue)", lambda: not self.mta.queue(), timeout)
+
+    def copies(self, user: str, message_id: str) -> list[bytes]:
+        """The messages in ``user``'s mailbox that carry ``message_id``."""
+        return [m for m in mailbox(user) if message_id.encode() in m]
+
+    def filter_runs(self, message_id: str) -> int:
+        """How many times the filter logged a decision about ``message_id``."""
+        return sum(message_id in line for line in self.sink.lines)
+
+    def assert_no_bounce(self) -> None:
+        """No DSN was written: none in the MTA's log, none in any mailbox."""
+        assert self.mta.bounces() == [], self.report()
+        dsns = {user: len([m for m in msgs if is_dsn(m)]) for user, msgs in all_mail().items()}
+        assert not any(dsns.values()), f"DSNs in mailboxes {dsns}\n{self.report()}"
+
+    def report(self) -> str:
+        """What the MTA and the filter logged during this test, for assertion messages."""
+        sink = "\n".join(self.sink.lines[-20:])
+        return (
+            f"--- {self.mta.name} log ---\n{textwrap.indent(self.mta.log()[-6000:], '  ')}"
+            f"\n--- scatterguard log ---\n{textwrap.indent(sink, '  ')}"
+        )
+
+
+@pytest.fixture
+def world(mta: Mta, dns_server: DnsServer, dkim_key: DkimKey, log_sink: LogSink) -> Iterator[World]:
+    """An empty queue, empty mailboxes and quarantine, and the DNS data every scenario uses."""
+    mta.clear_queue()
+    clear_mailboxes()
+    reset_quarantine()
+    records = dns_server.records
+    records.add_txt(f"{SENDER_DOMAIN}.", f"v=spf1 ip4:{SENDER_IP} -all")
+    records.add_txt(f"_dmarc.{SENDER_DOMAIN}.", "v=DMARC1; p=reject")
+    records.add_txt(dkim_key.record_name, dkim_key.record)
+    records.add_txt(f"{BANK_DOMAIN}.", "v=spf1 ip4:198.51.100.0/24 -all")
+    records.add_txt(f"_dmarc.{BANK_DOMAIN}.", "v=DMARC1; p=reject")
+    records.add_txt("example.net.", f"v=spf1 ip4:{LOCAL_IP} -all")
+    mta.mark_log()
+    log_sink.lines.clear()
+    current = World(mta, dns_server, dkim_key, log_sink)
+    yield current
+    dns_server.silent = False
+    problems = mta.problems()
+    mta.clear_queue()
+    reset_quarantine()
+    assert not problems, f"{mta.name} logged problems:\n{problems}"
