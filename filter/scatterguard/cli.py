@@ -1,0 +1,334 @@
+"""The command line (``filter``, ``check``, ``quarantine``); ``main()`` returns the exit code.
+
+Only the standard library is imported at the top: in filter mode every failure, even a failing
+import of a dependency, must become exit 75 with one status line, never a traceback and exit 1
+(Postfix bounces on any status but 0 and 75, and on a crash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+from scatterguard import __version__
+from scatterguard.errors import ScatterguardError, UsageError
+
+EX_OK = 0
+EX_FAIL = 1
+EX_USAGE = 2
+EX_TEMPFAIL = 75
+TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises UsageError instead of printing and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, as DESIGN.md §Contract describes it."""
+    parser = _Parser(prog="scatterguard", description="After-queue SPF/DKIM/DMARC mail filter.")
+    parser.add_argument("--version", action="version", version=f"scatterguard {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    filt = commands.add_parser("filter", help="filter one message from the MTA (pipe mode)")
+    filt.add_argument(
+        "--bsmtp", action="store_true", help="read envelope and message as batch SMTP (Exim)"
+    )
+    _envelope_options(filt)
+
+    check = commands.add_parser("check", help="decide and explain; acts on nothing")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    _envelope_options(check)
+
+    quarantine = commands.add_parser("quarantine", help="list and manage quarantined messages")
+    q_commands = quarantine.add_subparsers(dest="q_command", metavar="ACTION", parser_class=_Parser)
+    q_commands.required = True
+    q_list = q_commands.add_parser("list", help="list the entries")
+    q_list.add_argument("--json", action="store_true", help="print a JSON array")
+    for name, text in (
+        ("show", "print an entry's metadata and headers"),
+        ("release", "re-inject an entry to its recipients and remove it"),
+        ("delete", "remove an entry"),
+    ):
+        q_commands.add_parser(name, help=text).add_argument("id", metavar="ID")
+    purge = q_commands.add_parser("purge", help="remove entries older than DAYS")
+    purge.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="default: quarantine.purge_after_days"
+    )
+    return parser
+
+
+def _envelope_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--sender", metavar="ADDR", help='reverse-path; "" or "<>" is null')
+    parser.add_argument("--client-address", metavar="IP", help="IP of the SMTP client")
+    parser.add_argument("--helo", metavar="NAME", help="HELO/EHLO name the client gave")
+    parser.add_argument("--queue-id", metavar="ID", help="the MTA's queue id")
+    parser.add_argument("--sasl-user", metavar="NAME", help="set when the client authenticated")
+    parser.add_argument("recipients", nargs="*", metavar="RECIPIENT")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if _filter_mode(args_list):
+        return _filter_main(args_list)
+    try:
+        args = build_parser().parse_args(args_list)
+    except UsageError as exc:
+        print(f"scatterguard: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EX_OK
+    try:
+        if args.command == "check":
+            return _check_main(args, sys.stdin.buffer, sys.stdout)
+        return _quarantine_main(args, sys.stdout)
+    except ScatterguardError as exc:
+        print(f"scatterguard: {exc}", file=sys.stderr)
+        return EX_USAGE if isinstance(exc, UsageError) else EX_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _filter_mode(argv: Sequence[str]) -> bool:
+    """True when the subcommand is ``filter`` (options before it take at most one value)."""
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--config":
+            index += 2
+            continue
+        if arg.startswith("-"):
+            index += 1
+            continue
+        return arg == "filter"
+    return False
+
+
+def _filter_main(argv: Sequence[str]) -> int:
+    """Filter mode: exit 0, 69 or 75, and nothing but one status line on 69/75."""
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        raise SystemExit(EX_TEMPFAIL)
+
+    signal.signal(signal.SIGTERM, terminate)
+    state: dict[str, Any] = {}
+    try:
+        code, status = _filter(argv, state)
+    except BaseException as exc:  # noqa: BLE001 - nothing may escape: 75 means "retry later"
+        code, status = EX_TEMPFAIL, TEMPFAIL_STATUS
+        _log_failure(state.get("logger"), exc)
+    if code not in (0, 69, 75):
+        code, status = EX_TEMPFAIL, TEMPFAIL_STATUS
+    if code != 0:
+        _status_line(status or TEMPFAIL_STATUS)
+    return code
+
+
+def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None]:
+    from scatterguard import config as config_mod
+    from scatterguard import envelope as envelope_mod
+    from scatterguard import intake, journal, pipeline
+    from scatterguard.quarantine import Store
+    from scatterguard.reinject import CommandReinjector
+    from scatterguard.resolver import Resolver
+
+    started = time.monotonic()
+    config = None
+    try:
+        args = build_parser().parse_args(argv)
+        config = config_mod.load(args.config)
+    finally:
+        # Log even a bad command line or configuration, to syslog with the defaults if need be.
+        logger = state["logger"] = journal.setup((config or config_mod.Config()).log)
+    with pipeline.deadline(config.timeout):
+        try:
+            data = intake.read_all(sys.stdin.buffer)
+            if args.bsmtp:
+                batch = intake.parse_bsmtp(data)
+                data = batch.data
+                sender, recipients = batch.sender, list(batch.recipients) + list(args.recipients)
+            else:
+                sender, recipients = args.sender, args.recipients
+            envelope = envelope_mod.from_values(sender, recipients, vars(args), os.environ)
+        except ScatterguardError as exc:
+            outcome = pipeline.Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
+            pipeline.log_line(logger, None, None, None, outcome, started, pipeline.describe(exc))
+            return outcome.code, outcome.status
+        outcome = pipeline.run_filter(
+            data,
+            envelope,
+            config,
+            reinjector=CommandReinjector(config.reinject.command, config.reinject.timeout),
+            quarantine=Store(config.quarantine.directory),
+            resolver=Resolver(config.dns.nameservers, config.dns.timeout),
+            logger=logger,
+        )
+    return outcome.code, outcome.status
+
+
+def _log_failure(logger: Any, exc: BaseException) -> None:
+    if logger is None:
+        return
+    try:
+        from scatterguard import pipeline
+
+        logger.info("message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc))
+    except Exception:  # noqa: BLE001, S110 - logging must never turn a deferral into a crash
+        pass
+
+
+def _status_line(status: str) -> None:
+    """Write the one line the MTA reads; a closed stdout must not change the exit code."""
+    try:
+        sys.stdout.write(status.replace("\n", " ").replace("\r", " ") + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
+    from scatterguard import config as config_mod
+    from scatterguard import envelope as envelope_mod
+    from scatterguard import intake, pipeline
+    from scatterguard.message import Message
+    from scatterguard.resolver import Resolver
+
+    config = config_mod.load(args.config)
+    message = Message(intake.read_all(stdin))
+    sender = args.sender
+    if sender is None:
+        # A saved message carries its reverse-path in Return-Path (RFC 5321 §4.4).
+        paths = message.values("Return-Path")
+        sender = paths[0].strip() if paths else ""
+    envelope = envelope_mod.from_values(
+        sender, args.recipients, vars(args), os.environ, require_recipients=False
+    )
+    resolver = Resolver(config.dns.nameservers, config.dns.timeout)
+    evaluation = pipeline.evaluate(message, envelope, config, resolver, time.time())
+    document = explain(evaluation)
+    if args.json:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(human(document))
+    return EX_OK
+
+
+def explain(evaluation: Any) -> dict[str, Any]:
+    """The JSON object of ``check --json`` (DESIGN.md §Contract)."""
+    report = evaluation.report
+    decision = evaluation.decision
+    spf = report.spf
+    dmarc = report.dmarc
+    document: dict[str, Any] = {
+        "action": decision.action.value,
+        "reverse_path_verified": decision.reverse_path_verified,
+        "reasons": list(decision.reasons),
+        "spf": {
+            "result": spf.result.value,
+            "domain": spf.domain,
+            "identity": spf.identity,
+            "reason": spf.reason,
+        },
+        "dkim": [
+            {
+                "domain": sig.domain,
+                "selector": sig.selector,
+                "algorithm": sig.algorithm,
+                "result": sig.result.value,
+                "covers_body": sig.covers_body,
+                "reason": sig.reason,
+            }
+            for sig in report.dkim
+        ],
+        "dmarc": {
+            "result": dmarc.result.value,
+            "domain": dmarc.domain,
+            "policy": dmarc.policy.value if dmarc.policy else None,
+            "testing": dmarc.testing,
+            "reason": dmarc.reason,
+            "domains": [
+                {
+                    "domain": item.domain,
+                    "result": item.result.value,
+                    "policy": item.policy.value if item.policy else None,
+                    "organizational_domain": item.organizational_domain,
+                    "spf_aligned": item.spf_aligned,
+                    "dkim_aligned": item.dkim_aligned,
+                }
+                for item in dmarc.per_domain
+            ],
+        },
+        "authentication_results": evaluation.rendered.value,
+    }
+    if decision.status:
+        document["status"] = decision.status
+    return document
+
+
+def human(document: dict[str, Any]) -> str:
+    """A readable summary of a ``check`` result, for a person at a terminal."""
+    lines = [f"action:   {document['action']}"]
+    if document.get("status"):
+        lines.append(f"status:   {document['status']}")
+    lines.append(f"verified: {'yes' if document['reverse_path_verified'] else 'no'} (reverse-path)")
+    spf = document["spf"]
+    lines.append(f"SPF:      {spf['result']} ({spf['identity']} {spf['domain'] or '-'})")
+    for sig in document["dkim"] or [None]:
+        if sig is None:
+            lines.append("DKIM:     none (no signature)")
+        else:
+            extra = "" if sig["covers_body"] else ", l= leaves body unsigned"
+            lines.append(
+                f"DKIM:     {sig['result']} (d={sig['domain']} s={sig['selector']}"
+                f" a={sig['algorithm']}{extra})"
+            )
+    dmarc = document["dmarc"]
+    lines.append(
+        f"DMARC:    {dmarc['result']} (From {dmarc['domain'] or '-'}, policy "
+        f"{dmarc['policy'] or 'none published'}{', t=y' if dmarc['testing'] else ''})"
+    )
+    lines.append("reasons:")
+    lines.extend(f"  - {reason}" for reason in document["reasons"])
+    lines.append(f"Authentication-Results: {document['authentication_results']}")
+    return "\n".join(_printable(line) for line in lines) + "\n"
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _quarantine_main(args: argparse.Namespace, out: TextIO) -> int:
+    from scatterguard import config as config_mod
+    from scatterguard import quarantine
+    from scatterguard.reinject import CommandReinjector
+
+    config = config_mod.load(args.config)
+    store = quarantine.Store(config.quarantine.directory)
+    err = sys.stderr
+    if args.q_command == "list":
+        return quarantine.list_entries(store, as_json=args.json, out=out, err=err)
+    if args.q_command == "show":
+        return quarantine.show(store, args.id, out, err)
+    if args.q_command == "release":
+        reinjector = CommandReinjector(config.reinject.command, config.reinject.timeout)
+        return quarantine.release(store, args.id, reinjector, out, err)
+    if args.q_command == "delete":
+        return quarantine.delete(store, args.id, out, err)
+    days = args.older_than if args.older_than is not None else config.quarantine.purge_after_days
+    return quarantine.purge(store, days, out, err=err)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Orchestration: intake → checks → decide → act, the one place that knows the order.
+
+:func:`evaluate` is shared by ``check`` (which only explains) and ``filter`` (which acts).
+:func:`run_filter` holds the filter's promise: every message ends delivered, quarantined, bounced
+to a verified sender, or deferred. Every failure on the way — bad input, DNS trouble, an
+unwritable quarantine, a crash in our code, the deadline — is a deferral (exit 75).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any, Protocol
+
+from scatterguard import authresults, verdict
+from scatterguard.config import Config
+from scatterguard.envelope import Envelope
+from scatterguard.errors import DeadlineExceeded
+from scatterguard.journal import Logger
+from scatterguard.message import Message
+from scatterguard.reinject import Reinjector
+from scatterguard.resolver import Resolver
+from scatterguard.results import AuthReport
+from scatterguard.verdict import Action, Decision
+
+EX_OK = 0
+EX_UNAVAILABLE = 69  # bounce: the MTA returns the message to its (verified) sender
+EX_TEMPFAIL = 75  # defer: the MTA keeps the message and retries
+TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the checks found, what was decided, and the A-R header that records it."""
+
+    report: AuthReport
+    decision: Decision
+    rendered: authresults.Rendered
+
+
+class QuarantineStore(Protocol):
+    """Where quarantined messages go (see :mod:`scatterguard.quarantine`)."""
+
+    def add(
+        self, data: bytes, envelope: Envelope, decision: Decision, authentication_results: str
+    ) -> str: ...
+
+
+class _Alarm(BaseException):
+    """Raised by the deadline timer. A BaseException, so no ``except Exception`` swallows it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise DeadlineExceeded when the block runs longer than ``seconds``."""
+
+    def ring(_signum: int, _frame: Any) -> None:
+        raise _Alarm
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _Alarm:
+        raise DeadlineExceeded(f"the filter's own deadline of {seconds:g}s passed") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def evaluate(
+    message: Message,
+    envelope: Envelope,
+    config: Config,
+    resolver: Resolver,
+    now: float,
+) -> Evaluation:
+    """Run the checks and decide; acts on nothing."""
+    from scatterguard import checks  # deferred: pulls in the check libraries
+
+    report = checks.run(resolver, message, envelope, config)
+    knobs = verdict.Knobs(config.trusted_networks, config.defer_max_age)
+    decision = verdict.decide(report, envelope, knobs, arrival_age(message, now))
+    sender_domain = envelope.sender.domain if envelope.sender else None
+    rendered = authresults.render(config.authserv_id, report, sender_domain)
+    return Evaluation(report, decision, rendered)
+
+
+def arrival_age(message: Message, now: float) -> float | None:
+    """Seconds since our MTA received the message: the date of the topmost Received field."""
+    for header in message.fields("Received"):
+        value = message.value(header)
+        _, semicolon, date = value.rpartition(";")
+        if not semicolon:
+            return None
+        try:
+            parsed = email.utils.parsedate_to_datetime(date.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return max(0.0, now - parsed.timestamp())
+    return None
+
+
+@dataclass
+class Outcome:
+    """The exit code and, for 69 and 75, the one status line for the MTA."""
+
+    code: int
+    status: str | None = None
+
+
+def act(
+    message: Message,
+    envelope: Envelope,
+    evaluation: Evaluation,
+    config: Config,
+    reinjector: Reinjector,
+    quarantine: QuarantineStore,
+) -> Outcome:
+    """Carry out the decision. Raises on failure; the caller turns that into a deferral."""
+    decision = evaluation.decision
+    if decision.action is Action.DELIVER:
+        remove = list(authresults.ours(message, config.authserv_id))
+        data = message.with_header(evaluation.rendered.field(message.linesep), remove)
+        reinjector(envelope.sender_text, envelope.recipients, data)
+        return Outcome(EX_OK)
+    if decision.action is Action.QUARANTINE:
+        quarantine.add(message.data, envelope, decision, evaluation.rendered.value)
+        return Outcome(EX_OK)
+    if decision.action is Action.BOUNCE and decision.reverse_path_verified:
+        return Outcome(EX_UNAVAILABLE, decision.status or "5.7.1 Message rejected by policy")
+    if decision.action is Action.BOUNCE:
+        # decide() never does this; if it ever did, keeping the message beats backscatter.
+        quarantine.add(message.data, envelope, decision, evaluation.rendered.value)
+        return Outcome(EX_OK)
+    return Outcome(EX_TEMPFAIL, decision.status or TEMPFAIL_STATUS)
+
+
+def log_line(
+    logger: Logger,
+    message: Message | None,
+    envelope: Envelope | None,
+    evaluation: Evaluation | None,
+    outcome: Outcome,
+    started: float,
+    error: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """The one canonical line per message (no bodies, values escaped by the renderer)."""
+    values: dict[str, Any] = {"ms": round((clock() - started) * 1000)}
+    if envelope is not None:
+        values.update(
+            queue_id=envelope.queue_id,
+            sender=envelope.sender_text or "<>",
+            rcpts=len(envelope.recipients),
+            client=str(envelope.client_address) if envelope.client_address else None,
+        )
+    if message is not None:
+        ids = message.values("Message-ID")
+        values.update(message_id=ids[0][:200] if ids else None, size=message.size)
+    if evaluation is not None:
+        report = evaluation.report
+        values.update(
+            spf=f"{report.spf.result}",
+            dkim=[f"{sig.domain}:{sig.result}" for sig in report.dkim] or "none",
+            dmarc=f"{report.dmarc.result}",
+            action=str(evaluation.decision.action),
+            verified=evaluation.decision.reverse_path_verified,
+            reasons=list(evaluation.decision.reasons),
+        )
+    if outcome.code != EX_OK or evaluation is None:
+        values["status"] = outcome.status
+        values["action"] = {EX_UNAVAILABLE: "bounce"}.get(outcome.code, "defer")
+    if error:
+        values["error"] = error
+    logger.info("message", **values)
+
+
+def run_filter(
+    data: bytes,
+    envelope: Envelope,
+    config: Config,
+    *,
+    reinjector: Reinjector,
+    quarantine: QuarantineStore,
+    resolver: Resolver,
+    logger: Logger,
+    now: Callable[[], float] = time.time,
+) -> Outcome:
+    """Filter one message whose bytes and envelope are already read; never raises."""
+    started = time.monotonic()
+    message: Message | None = None
+    evaluation: Evaluation | None = None
+    try:
+        message = Message(data)
+        evaluation = evaluate(message, envelope, config, resolver, now())
+        outcome = act(message, envelope, evaluation, config, reinjector, quarantine)
+    except Exception as exc:  # noqa: BLE001 - every failure must end in a retry, never a loss
+        outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
+        log_line(logger, message, envelope, evaluation, outcome, started, error=describe(exc))
+        return outcome
+    log_line(logger, message, envelope, evaluation, outcome, started)
+    return outcome
+
+
+def describe(exc: BaseException) -> str:
+    """A short, single-line description of an error for the log."""
+    text = str(exc).replace("\n", " ")[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
