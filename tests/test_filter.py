@@ -1,0 +1,320 @@
+"""``scatterguard filter``: each action end to end through the real CLI, and every fault a deferral.
+
+The filter runs as a subprocess, exactly as the MTA runs it, with its DNS pointed at the loopback
+server, a recording fake sendmail as re-injector, and a real UNIX-socket syslog receiver.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnsserver import DnsServer
+from fakes import FakeSendmail
+
+ZONE = """
+sender.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
+_dmarc.sender.example. 300 IN TXT "v=DMARC1; p=reject"
+reject.example. 300 IN TXT "v=spf1 -all"
+_dmarc.reject.example. 300 IN TXT "v=DMARC1; p=reject"
+verified.example. 300 IN TXT "v=spf1 ip4:198.51.100.0/24 -all"
+nodmarc.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
+"""
+AUTHSERV = "mx.rcpt.example"
+
+
+class Syslog:
+    """A UNIX datagram socket standing in for /dev/log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+
+    def lines(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self.sock.recv(65536).decode("utf-8", "replace"))
+            except TimeoutError:
+                return out
+
+
+class Filter:
+    """One configured filter: config file, quarantine directory, fake sendmail, syslog."""
+
+    def __init__(self, tmp: Path, dns: DnsServer, **extra: str) -> None:
+        self.sendmail = FakeSendmail(tmp / "sendmail")
+        self.quarantine = tmp / "quarantine"
+        self.syslog = Syslog(tmp / "log.sock")
+        self.config = tmp / "scatterguard.toml"
+        command = ", ".join(f'"{arg}"' for arg in self.sendmail.command())
+        settings = {
+            "authserv_id": f'"{AUTHSERV}"',
+            "trusted_networks": '["10.0.0.0/8"]',
+            "timeout": extra.pop("timeout", '"30s"'),
+        }
+        self.config.write_text(
+            "\n".join(f"{k} = {v}" for k, v in settings.items())
+            + f'\n[dns]\nnameservers = ["{dns.address}"]\n'
+            + f"timeout = {extra.pop('dns_timeout', '0.5')}\n"
+            + f"[reinject]\ncommand = [{command}]\n"
+            + f'[quarantine]\ndirectory = "{extra.pop("quarantine", self.quarantine)}"\n'
+            + f'[log]\nsocket = "{self.syslog.path}"\n'
+        )
+
+    def run(
+        self, args: list[str], data: bytes, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
+        environ.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "scatterguard", "--config", str(self.config), "filter", *args],
+            input=data,
+            capture_output=True,
+            timeout=60,
+            env=environ,
+            check=False,
+        )
+
+    def entries(self) -> list[Path]:
+        if not self.quarantine.exists():
+            return []
+        return [p for p in self.quarantine.rglob("*") if p.is_file() and "tmp" not in p.parts]
+
+
+@pytest.fixture
+def mta(tmp_path: Path, dns_server: DnsServer) -> Filter:
+    dns_server.records.add_text(ZONE)
+    return Filter(tmp_path, dns_server)
+
+
+def message(sender: str = "alice@sender.example", extra: bytes = b"") -> bytes:
+    return (
+        b"Received: from mx.sender.example by mx.rcpt.example; Fri, 27 Nov 2026 06:00:00 +0000\n"
+        + extra
+        + b"From: "
+        + sender.encode()
+        + b"\nTo: bob@rcpt.example\nSubject: hello\nMessage-ID: <1@sender.example>\n"
+        + b"\nHi Bob,\n\xe9t\xe9 \x00\r\n.\n"
+    )
+
+
+def envelope(
+    sender: str, client: str, helo: str = "mx.sender.example", queue_id: str = "4AbCdE"
+) -> list[str]:
+    return [
+        "-f",
+        sender,
+        f"--client-address={client}",
+        f"--helo={helo}",
+        f"--queue-id={queue_id}",
+        "--sasl-user=",
+        "--",
+        "bob@rcpt.example",
+        "carol@rcpt.example",
+    ]
+
+
+def test_deliver_prepends_header_and_keeps_bytes(mta: Filter) -> None:
+    """An authenticated message is re-injected: our A-R on top, forged A-R gone, all else intact."""
+    forged = b"Authentication-Results: mx.rcpt.example; dmarc=pass header.from=bank.example\n"
+    theirs = b"Authentication-Results: mx.sender.example; spf=pass\n"
+    data = message(extra=forged + theirs)
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), data)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    [call] = mta.sendmail.calls
+    assert call.argv == [
+        "-G",
+        "-i",
+        "-f",
+        "alice@sender.example",
+        "--",
+        "bob@rcpt.example",
+        "carol@rcpt.example",
+    ]
+    head, _, rest = call.data.partition(b"\nReceived: ")
+    assert head.startswith(
+        b"Authentication-Results: mx.rcpt.example;\n\tspf=pass smtp.mailfrom=sender.example;"
+    )
+    assert b"dmarc=pass header.from=sender.example" in head
+    assert b"Received: " + rest == data.replace(forged, b"")
+    assert mta.entries() == []
+
+
+def test_forged_mail_is_quarantined_not_bounced(mta: Filter) -> None:
+    """p=reject failure from an unverified reverse-path: quarantined, exit 0, nothing sent."""
+    done = mta.run(
+        envelope("ceo@reject.example", "203.0.113.9", helo="bad.example"),
+        message("ceo@reject.example"),
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    assert mta.sendmail.calls == []
+    assert len(mta.entries()) == 1
+
+
+def test_same_queue_id_is_quarantined_once(mta: Filter) -> None:
+    """A retried delivery of one queue id does not create a second quarantine entry."""
+    for _ in range(2):
+        done = mta.run(envelope("ceo@reject.example", "203.0.113.9"), message("ceo@reject.example"))
+        assert done.returncode == 0
+    assert len(mta.entries()) == 1
+
+
+def test_verified_reverse_path_gets_bounce(mta: Filter) -> None:
+    """p=reject failure with SPF pass for the reverse-path: exit 69 and one 5.7.26 line."""
+    done = mta.run(envelope("user@verified.example", "198.51.100.7"), message("ceo@reject.example"))
+    assert done.returncode == 69
+    assert done.stdout.startswith(b"5.7.26 ")
+    assert done.stdout.count(b"\n") == 1
+    assert done.stderr == b""
+    assert mta.sendmail.calls == []
+    assert mta.entries() == []
+
+
+def test_null_sender_is_never_bounced(mta: Filter) -> None:
+    """A null reverse-path failing p=reject is quarantined."""
+    done = mta.run(
+        envelope("", "198.51.100.7", helo="verified.example"), message("ceo@reject.example")
+    )
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert len(mta.entries()) == 1
+
+
+def test_spf_fail_without_dmarc_is_quarantined(mta: Filter) -> None:
+    """No DMARC record and SPF fail: reject-class, unverified, so quarantined."""
+    done = mta.run(envelope("x@nodmarc.example", "203.0.113.9"), message("x@nodmarc.example"))
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert len(mta.entries()) == 1
+
+
+def test_trusted_client_is_delivered(mta: Filter) -> None:
+    """A client in trusted_networks is delivered even when everything fails."""
+    done = mta.run(envelope("ceo@reject.example", "10.9.8.7"), message("ceo@reject.example"))
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert len(mta.sendmail.calls) == 1
+
+
+def test_silent_dns_defers(mta: Filter, dns_server: DnsServer) -> None:
+    """With DNS silent the outcome is open: exit 75 and one 4.x.x line, nothing acted on."""
+    dns_server.silent = True
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.4.3 ")
+    assert done.stdout.count(b"\n") == 1
+    assert mta.sendmail.calls == []
+    assert mta.entries() == []
+
+
+def test_failed_reinjection_defers(mta: Filter) -> None:
+    """A re-injection command that exits non-zero means the message was not delivered: 75."""
+    mta.sendmail.fail_with(1)
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.3.0 ")
+    assert mta.entries() == []
+
+
+def test_unwritable_quarantine_defers(tmp_path: Path, dns_server: DnsServer) -> None:
+    """A quarantine that cannot be written (a file where the directory should be) defers."""
+    dns_server.records.add_text(ZONE)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    mta = Filter(tmp_path, dns_server, quarantine=str(blocker / "q"))
+    done = mta.run(envelope("ceo@reject.example", "203.0.113.9"), message("ceo@reject.example"))
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.")
+    assert mta.sendmail.calls == []
+
+
+def test_deadline_defers(tmp_path: Path, dns_server: DnsServer) -> None:
+    """When the filter's own deadline passes first, it defers (the MTA's limit is never hit)."""
+    dns_server.records.add_text(ZONE)
+    dns_server.silent = True
+    mta = Filter(tmp_path, dns_server, timeout="1", dns_timeout="10")
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.3.0 ")
+    assert any("deadline" in line for line in mta.syslog.lines())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["-f", "a@sender.example", "--"], id="no-recipients"),
+        pytest.param(["-f", "not an address", "--", "b@rcpt.example"], id="bad-sender"),
+        pytest.param(["--bogus-option", "--", "b@rcpt.example"], id="unknown-option"),
+        pytest.param(["--queue-id=../../x", "-f", "", "--", "b@rcpt.example"], id="queue-id-path"),
+    ],
+)
+def test_bad_arguments_defer(mta: Filter, args: list[str]) -> None:
+    """Bad arguments are a configuration fault: 75 with one status line, logged, never a bounce."""
+    done = mta.run(args, message())
+    assert done.returncode == 75
+    assert done.stdout.count(b"\n") == 1
+    assert done.stderr == b""
+    assert mta.syslog.lines()
+
+
+def test_broken_config_defers(tmp_path: Path, dns_server: DnsServer) -> None:
+    """An unknown key in the configuration makes the filter defer, not crash."""
+    mta = Filter(tmp_path, dns_server)
+    mta.config.write_text(mta.config.read_text() + "bogus = 1\n")
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+    assert done.returncode == 75
+    assert done.stderr == b""
+
+
+@pytest.mark.parametrize("eol", [pytest.param(b"\n", id="lf"), pytest.param(b"\r\n", id="crlf")])
+def test_bsmtp_delivers(mta: Filter, eol: bytes) -> None:
+    """Exim's batch SMTP: envelope from the batch, client data from the environment."""
+    body = [b"From: alice@sender.example", b"Subject: dots", b"", b".hidden", b"..", b"end"]
+    stuffed = [b"From: alice@sender.example", b"Subject: dots", b"", b"..hidden", b"...", b"end"]
+    batch = eol.join(
+        [
+            b"MAIL FROM:<alice@sender.example>",
+            b"RCPT TO:<bob@rcpt.example>",
+            b"RCPT TO:<carol@rcpt.example>",
+            b"DATA",
+            *stuffed,
+            b".",
+            b"",
+        ]
+    )
+    env = {"SCATTERGUARD_CLIENT_ADDRESS": "192.0.2.5", "SCATTERGUARD_HELO": "mx.sender.example"}
+    done = mta.run(["--bsmtp"], batch, env)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    [call] = mta.sendmail.calls
+    assert call.argv[-3:] == ["--", "bob@rcpt.example", "carol@rcpt.example"]
+    assert call.data.endswith(eol.join(body) + eol)
+    assert b"spf=pass" in call.data.split(eol + b"From:")[0]
+
+
+def test_bsmtp_cut_short_defers(mta: Filter) -> None:
+    """A batch cut short inside DATA defers: the message is not acted on."""
+    done = mta.run(
+        ["--bsmtp"],
+        b"MAIL FROM:<a@sender.example>\nRCPT TO:<b@rcpt.example>\nDATA\nFrom: a\n\nbody\n",
+    )
+    assert done.returncode == 75
+    assert mta.sendmail.calls == []
+
+
+def test_one_log_line_per_message_that_cannot_be_forged(mta: Filter) -> None:
+    """Syslog gets one line per message; a Message-ID holding CR/LF cannot split it."""
+    data = message().replace(
+        b"Message-ID: <1@sender.example>", b"Message-ID: <x>\r\nfake=line\n action=deliver"
+    )
+    mta.run(envelope("alice@sender.example", "192.0.2.5"), data)
+    lines = mta.syslog.lines()
+    assert len(lines) == 1
+    assert "\n" not in lines[0].rstrip("\n")
+    assert "action='deliver'" in lines[0]
+    assert "queue_id='4AbCdE'" in lines[0]
+    assert lines[0].startswith("<22>")  # facility mail (2 * 8) + info (6)
