@@ -48,6 +48,7 @@ EXIM = Path("/usr/sbin/exim4")
 RUN = Path("/run/scatterguard-e2e")
 QUARANTINE = Path("/var/lib/scatterguard-e2e/quarantine")
 CONFIG = Path("/etc/scatterguard/scatterguard.toml")
+CONFIG_HEADER = "# Written by scatterguard's end-to-end tests (tests/e2e); removed when they end."
 POSTFIX_LOG = Path("/var/log/scatterguard-e2e-postfix.log")
 EXIM_LOG = Path("/var/log/exim4/mainlog")
 EXIM_PANICLOG = Path("/var/log/exim4/paniclog")
@@ -193,12 +194,14 @@ class FilterSetup:
     _created_dir: bool = False
 
     def install(self) -> None:
-        if CONFIG.exists():
+        # A file with our first line was left by a run that died: it is not the original.
+        if CONFIG.exists() and not CONFIG.read_text().startswith(CONFIG_HEADER):
             self._saved = CONFIG.read_bytes()
         elif not CONFIG.parent.exists():
             self._created_dir = True
         CONFIG.parent.mkdir(parents=True, exist_ok=True)
         lines = [
+            CONFIG_HEADER,
             f'authserv_id = "{AUTHSERV_ID}"',
             'defer_max_age = "1d"',
             # Well above a few DNS timeouts, well below the MTAs' limits.
