@@ -7,7 +7,9 @@ should not.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from e2e.harness import (
     AUTHSERV_ID,
     BANK_DOMAIN,
     BOB,
+    FILTER,
     FORGER_IP,
     LOCAL_IP,
     SENDER_DOMAIN,
@@ -163,6 +166,22 @@ def test_unwritable_quarantine_defers_never_bounces(world: World) -> None:
         world.mta.deferred_by_filter,
         timeout=60,
     )
+    assert len(world.mta.queue()) == 1
+    assert world.copies("alice", message_id) == []
+    world.assert_no_bounce()
+
+
+def test_filter_that_cannot_start_defers_never_bounces(world: World) -> None:
+    """A filter program the MTA cannot execute leaves the message deferred, never bounced."""
+    program = Path(os.path.realpath(FILTER))
+    world.expected_problems.append(r"execvp /usr/bin/scatterguard: Permission denied")
+    program.chmod(0o644)
+    try:
+        data, message_id = world.signed_message([ALICE], "no filter")
+        world.send(f"news@{SENDER_DOMAIN}", [ALICE], data, SENDER_IP, f"mail.{SENDER_DOMAIN}")
+        world.wait("the MTA to defer the message", world.mta.deferred_by_filter)
+    finally:
+        program.chmod(0o755)
     assert len(world.mta.queue()) == 1
     assert world.copies("alice", message_id) == []
     world.assert_no_bounce()
