@@ -21,6 +21,7 @@ where that script has left its marker (see :func:`unavailable`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import json
 import os
@@ -32,7 +33,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -523,6 +524,18 @@ class Postfix(Mta):
         assert check.stderr == "", check.stderr
         warnings = run(["postconf", "-n"]).stderr
         assert warnings == "", warnings
+
+    @contextlib.contextmanager
+    def settings(self, **values: str) -> Iterator[None]:
+        """Change main.cf parameters for the duration of a ``with`` block."""
+        before = {name: run(["postconf", "-h", name]).stdout.rstrip("\n") for name in values}
+        run(["postconf", "-e", *(f"{k}={v}" for k, v in values.items())])
+        run(["postfix", "reload"])
+        try:
+            yield
+        finally:
+            run(["postconf", "-e", *(f"{k}={v}" for k, v in before.items())])
+            run(["postfix", "reload"])
 
     def restore(self) -> None:
         for name in ("main.cf", "master.cf"):

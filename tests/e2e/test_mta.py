@@ -7,6 +7,7 @@ should not.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -24,6 +25,7 @@ from e2e.harness import (
     LOCAL_IP,
     SENDER_DOMAIN,
     SENDER_IP,
+    Postfix,
     header_names,
     header_values,
     is_dsn,
@@ -94,6 +96,23 @@ def test_aligned_signed_message_is_delivered_with_our_header_on_top(world: World
     # Both recipients went through the filter in one run, and the re-injected copy did not.
     assert world.mta.filter_deliveries() == 2, world.report()
     assert world.filter_runs(message_id) == 1, world.report()
+    world.assert_no_bounce()
+
+
+def test_sender_that_looks_like_an_option_is_delivered(world: World) -> None:
+    """A reverse-path such as <-f@...> is an address, not an option, all the way through."""
+    data, message_id = world.signed_message([ALICE], "dash")
+    sender = f"-f@{SENDER_DOMAIN}"
+    with contextlib.ExitStack() as stack:
+        if isinstance(world.mta, Postfix):
+            # Postfix refuses such addresses at SMTP time unless told otherwise; where it is,
+            # they reach the filter's command line.
+            stack.enter_context(world.mta.settings(allow_min_user="yes"))
+        world.send(sender, [ALICE], data, SENDER_IP, f"mail.{SENDER_DOMAIN}")
+        world.wait_idle("delivery")
+
+    [delivered] = world.copies("alice", message_id)
+    assert header_values(delivered, "Return-Path") == [f"<{sender}>"]
     world.assert_no_bounce()
 
 
