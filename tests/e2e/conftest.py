@@ -73,11 +73,13 @@ def log_sink(filter_installed: None) -> Iterator[LogSink]:
 
 
 @pytest.fixture(scope="session", params=MTA_PARAMS)
-def mta(request: pytest.FixtureRequest, dns_session: DnsServer, log_sink: LogSink) -> Iterator[Mta]:
+def mta(request: pytest.FixtureRequest, dns_session: DnsServer) -> Iterator[Mta]:
     """A running MTA configured from hooks/, with the filter pointed at the loopback DNS."""
     reason = unavailable(request.param)
     if reason:
         pytest.skip(reason)
+    # Only now: installing the filter needs what unavailable() checked for.
+    request.getfixturevalue("log_sink")
     server = MTAS[request.param]()
     setup = FilterSetup(dns_session.address, server.reinject_command())
     try:
