@@ -92,6 +92,7 @@ def mta(request: pytest.FixtureRequest, dns_session: DnsServer) -> Iterator[Mta]
         try:
             server.clear_queue()
             server.stop()
+            clear_mailboxes()
         finally:
             server.restore()
             setup.restore()
