@@ -86,7 +86,7 @@ class Filter:
     def entries(self) -> list[Path]:
         if not self.quarantine.exists():
             return []
-        return [p for p in self.quarantine.rglob("*") if p.is_file() and "tmp" not in p.parts]
+        return [p for p in self.quarantine.iterdir() if p.is_file()]
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import of a dependency, must become exit 75 with one status line, never a traceb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -150,7 +151,11 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
         args = build_parser().parse_args(argv)
         config = config_mod.load(args.config)
     finally:
-        # Log even a bad command line or configuration, to syslog with the defaults if need be.
+        # Log even a bad command line or configuration: to the configured syslog when the
+        # configuration can still be read, else with the defaults.
+        if config is None:
+            with contextlib.suppress(Exception):
+                config = config_mod.load(_config_argument(argv))
         logger = state["logger"] = journal.setup((config or config_mod.Config()).log)
     with pipeline.deadline(config.timeout):
         try:
@@ -176,6 +181,18 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
             logger=logger,
         )
     return outcome.code, outcome.status
+
+
+def _config_argument(argv: Sequence[str]) -> str | None:
+    """The value of ``--config`` in an argv that argparse refused."""
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return None
 
 
 def _log_failure(logger: Any, exc: BaseException) -> None:
