@@ -173,9 +173,6 @@ ROUTER = exim_options(EXIM_ROUTER.read_text(), "scatterguard")
             id="quoted-local-part",
             # flags=q quotes such a local part (RFC 5321 §4.1.2 Quoted-string); the envelope
             # parser must take it, or the message is deferred until Postfix gives up on it.
-            marks=pytest.mark.xfail(
-                reason="envelope.parse_address refuses quoted local parts", strict=True
-            ),
         ),
     ],
 )

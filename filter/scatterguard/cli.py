@@ -347,5 +347,6 @@ def _quarantine_main(args: argparse.Namespace, out: TextIO) -> int:
     days = args.older_than if args.older_than is not None else config.quarantine.purge_after_days
     return quarantine.purge(store, days, out, err=err)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 
 from scatterguard.errors import UsageError
 
-# RFC 5321 §4.1.2 dot-atoms; used where email-validator refuses an address that SMTP allows
-# (special-use names such as "localhost" the MTA has already accepted).
+# RFC 5321 §4.1.2 mailboxes; used where email-validator refuses an address that SMTP allows
+# (special-use names such as "localhost", quoted local parts) and the MTA has already accepted.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_PLAIN_ADDRESS = re.compile(rf"({_DOT_ATOM})@((?:{_LABEL}\.)*{_LABEL}\.?|\[[0-9A-Fa-f:.v]+\])\Z")
+# RFC 5321 §4.1.2 Quoted-string: printable ASCII, backslash pairs.
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_PLAIN_ADDRESS = re.compile(
+    rf"({_DOT_ATOM}|{_QUOTED})@((?:{_LABEL}\.)*{_LABEL}\.?|\[[0-9A-Fa-f:.v]+\])\Z"
+)
 # Bytes that must never travel inside an envelope value: they could split a log line, a header
 # or an argument.
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
