@@ -307,6 +307,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="empty scratch directory")
     args = parser.parse_args()
     work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     keys = make_keys(work)
     signed = sign(MESSAGE, keys)
