@@ -729,6 +729,9 @@ class Exim(Mta):
         ids = self.queue()
         if ids:
             run([EXIM, "-Mrm", *ids], check=False)
+        # Retry hints from one scenario's deferral must not hold back the next one's mail.
+        for hints in Path("/var/spool/exim4/db").glob("retry*"):
+            hints.unlink()
 
     def flush(self) -> None:
         run([EXIM, "-qff"], timeout=120)
