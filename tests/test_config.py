@@ -93,6 +93,9 @@ def test_environment_variable_names_the_file(tmp_path: Path) -> None:
         pytest.param('authserv_id = "a b"', "authserv_id", id="authserv-id-space"),
         pytest.param("[dkim]\nmax_signatures = 0", "dkim.max_signatures", id="max-signatures"),
         pytest.param("dns = 1", "dns", id="table-expected"),
+        pytest.param('[server]\nsocket = "run/sg.sock"', "server.socket", id="relative-socket"),
+        pytest.param("[server]\nworkers = -1", "server.workers", id="negative-workers"),
+        pytest.param('[server]\nallowed_users = "postfix"', "server.allowed_users", id="users-list"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -67,6 +67,8 @@ class Filter:
             + f"[reinject]\ncommand = [{command}]\n"
             + f'[quarantine]\ndirectory = "{extra.pop("quarantine", self.quarantine)}"\n'
             + f'[log]\nsocket = "{self.syslog.path}"\n'
+            # No hand-over unless a test starts a server: a real one on this host stays out.
+            + f'[server]\nsocket = "{extra.pop("server_socket", "")}"\n'
         )
 
     def run(

@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print one JSON object")
     _envelope_options(check)
 
+    serve = commands.add_parser("serve", help="run the resident server that filter hands over to")
+    serve.add_argument("--socket", metavar="PATH", help="default: server.socket")
+    serve.add_argument("--workers", type=int, metavar="N", help="default: server.workers")
+
     quarantine = commands.add_parser("quarantine", help="list and manage quarantined messages")
     q_commands = quarantine.add_subparsers(dest="q_command", metavar="ACTION", parser_class=_Parser)
     q_commands.required = True
@@ -94,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check_main(args, sys.stdin.buffer, sys.stdout)
+        if args.command == "serve":
+            return _serve_main(args)
         return _quarantine_main(args, sys.stdout)
     except ScatterguardError as exc:
         print(f"scatterguard: {exc}", file=sys.stderr)
@@ -129,7 +135,7 @@ def _filter_main(argv: Sequence[str]) -> int:
         code, status = _filter(argv, state)
     except BaseException as exc:  # noqa: BLE001 - nothing may escape: 75 means "retry later"
         code, status = EX_TEMPFAIL, TEMPFAIL_STATUS
-        _log_failure(state.get("logger"), exc)
+        _log_failure(state, exc)
     if code not in (0, 69, 75):
         code, status = EX_TEMPFAIL, TEMPFAIL_STATUS
     if code != 0:
@@ -139,48 +145,54 @@ def _filter_main(argv: Sequence[str]) -> int:
 
 def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None]:
     from scatterguard import config as config_mod
-    from scatterguard import envelope as envelope_mod
-    from scatterguard import intake, journal, pipeline
-    from scatterguard.quarantine import Store
-    from scatterguard.reinject import CommandReinjector
-    from scatterguard.resolver import Resolver
 
-    started = time.monotonic()
     config = None
     try:
         args = build_parser().parse_args(argv)
         config = config_mod.load(args.config)
-    finally:
+    except BaseException:
         # Log even a bad command line or configuration: to the configured syslog when the
         # configuration can still be read, else with the defaults.
-        if config is None:
-            with contextlib.suppress(Exception):
-                config = config_mod.load(_config_argument(argv))
-        logger = state["logger"] = journal.setup((config or config_mod.Config()).log)
+        with contextlib.suppress(Exception):
+            config = config_mod.load(_config_argument(argv))
+        state["config"] = config or config_mod.Config()
+        raise
+    state["config"] = config
+    reply = _hand_over(argv, config)
+    if reply is not None:
+        return reply
+    from scatterguard import journal, pipeline
+    from scatterguard.resolver import Resolver
+
+    logger = state["logger"] = journal.setup(config.log)
     with pipeline.deadline(config.timeout):
-        try:
-            data = intake.read_all(sys.stdin.buffer)
-            if args.bsmtp:
-                batch = intake.parse_bsmtp(data)
-                data = batch.data
-                sender, recipients = batch.sender, list(batch.recipients) + list(args.recipients)
-            else:
-                sender, recipients = args.sender, args.recipients
-            envelope = envelope_mod.from_values(sender, recipients, vars(args), os.environ)
-        except ScatterguardError as exc:
-            outcome = pipeline.Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
-            pipeline.log_line(logger, None, None, None, outcome, started, pipeline.describe(exc))
-            return outcome.code, outcome.status
-        outcome = pipeline.run_filter(
-            data,
-            envelope,
+        outcome = pipeline.filter_stream(
+            args,
+            os.environ,
+            sys.stdin.buffer,
             config,
-            reinjector=CommandReinjector(config.reinject.command, config.reinject.timeout),
-            quarantine=Store(config.quarantine.directory),
             resolver=Resolver(config.dns.nameservers, config.dns.timeout),
             logger=logger,
         )
     return outcome.code, outcome.status
+
+
+def _hand_over(argv: Sequence[str], config: Any) -> tuple[int, str | None] | None:
+    """Give the message to a running ``scatterguard serve``; None when there is none.
+
+    Once the request is sent there is no way back (the server may have read stdin), so any
+    failure after that is a deferral. The client waits a little longer than the server's own
+    deadline, so a message the server is still working on is never retried in parallel.
+    """
+    from scatterguard import handover
+
+    deadline = time.monotonic() + config.timeout + min(10.0, 1.0 + config.timeout / 10)
+    sock = handover.connect(config.server.socket, config.timeout)
+    if sock is None:
+        return None
+    with sock:
+        reply = handover.hand_over(sock, argv, os.environ, sys.stdin.fileno(), deadline)
+    return reply.code, reply.status
 
 
 def _config_argument(argv: Sequence[str]) -> str | None:
@@ -195,13 +207,18 @@ def _config_argument(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _log_failure(logger: Any, exc: BaseException) -> None:
-    if logger is None:
-        return
+def _log_failure(state: dict[str, Any], exc: BaseException) -> None:
+    """Log why the filter defers; importing the logging stack only now, on the failure path."""
     try:
-        from scatterguard import pipeline
+        from scatterguard import journal, pipeline
 
-        logger.info("message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc))
+        logger = state.get("logger")
+        if logger is None and state.get("config") is not None:
+            logger = journal.setup(state["config"].log)
+        if logger is not None:
+            logger.info(
+                "message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc)
+            )
     except Exception:  # noqa: BLE001, S110 - logging must never turn a deferral into a crash
         pass
 
@@ -325,6 +342,23 @@ def human(document: dict[str, Any]) -> str:
 
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from scatterguard import config as config_mod
+    from scatterguard import server
+
+    config = config_mod.load(args.config)
+    overrides: dict[str, Any] = {}
+    if args.socket is not None:
+        overrides["socket"] = args.socket
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    if overrides:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
+    return server.serve(config)
 
 
 def _quarantine_main(args: argparse.Namespace, out: TextIO) -> int:

@@ -68,6 +68,21 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """The resident server (``scatterguard serve``) and where ``filter`` finds it.
+
+    When ``socket`` names an existing socket, ``filter`` hands each message to the server; when it
+    is absent (or ``socket`` is empty), ``filter`` does the work in-process.
+    """
+
+    socket: str = "/run/scatterguard/scatterguard.sock"
+    workers: int = 0  # 0: one per CPU
+    # Users whose processes may hand messages over (SO_PEERCRED), besides root and the server's
+    # own user (the one Postfix's and Exim's hooks run the filter as).
+    allowed_users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, immutable once loaded."""
 
@@ -83,6 +98,7 @@ class Config:
     reinject: ReinjectConfig = ReinjectConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     log: LogConfig = LogConfig()
+    server: ServerConfig = ServerConfig()
     source: str = "built-in defaults"
 
 
@@ -131,6 +147,7 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
         reinject=table.section("reinject", _reinject),
         quarantine=table.section("quarantine", _quarantine),
         log=table.section("log", _log),
+        server=table.section("server", _server),
         source=source,
     )
     table.finish()
@@ -204,6 +221,35 @@ def _log(table: _Table) -> LogConfig:
         facility=table.get("facility", _choice(*_FACILITIES), LogConfig.facility),
         socket=table.get("socket", _string, LogConfig.socket),
     )
+
+
+def _server(table: _Table) -> ServerConfig:
+    return ServerConfig(
+        socket=table.get("socket", _socket_path, ServerConfig.socket),
+        workers=table.get("workers", _non_negative, ServerConfig.workers),
+        allowed_users=table.get("allowed_users", _names, ServerConfig.allowed_users),
+    )
+
+
+def _socket_path(value: Any) -> str:
+    text = _string(value)
+    if text and not text.startswith("/"):
+        raise ValueError(f'{text!r} must be an absolute path, or "" to disable the server')
+    if len(text.encode()) > 107:
+        raise ValueError("a UNIX socket path must be shorter than 108 bytes")
+    return text
+
+
+def _non_negative(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list of user names")
+    return tuple(_string(item) for item in value)
 
 
 def _string(value: Any) -> str:

@@ -12,15 +12,15 @@ import contextlib
 import email.utils
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from scatterguard import authresults, verdict
 from scatterguard.config import Config
-from scatterguard.envelope import Envelope
-from scatterguard.errors import DeadlineExceeded
+from scatterguard.envelope import Envelope, from_values
+from scatterguard.errors import DeadlineExceeded, ScatterguardError
 from scatterguard.journal import Logger
 from scatterguard.message import Message
 from scatterguard.reinject import Reinjector
@@ -208,6 +208,49 @@ def run_filter(
         return outcome
     log_line(logger, message, envelope, evaluation, outcome, started)
     return outcome
+
+
+def filter_stream(
+    args: Any,
+    environ: Mapping[str, str],
+    stdin: BinaryIO,
+    config: Config,
+    *,
+    resolver: Resolver,
+    logger: Logger,
+) -> Outcome:
+    """Read one message as the MTA hands it over (argv or BSMTP) and filter it; never raises.
+
+    The in-process filter and the resident server's workers both come through here, so they run
+    exactly the same code.
+    """
+    from scatterguard import intake
+    from scatterguard.quarantine import Store
+    from scatterguard.reinject import CommandReinjector
+
+    started = time.monotonic()
+    try:
+        data = intake.read_all(stdin)
+        if args.bsmtp:
+            batch = intake.parse_bsmtp(data)
+            data = batch.data
+            sender, recipients = batch.sender, [*batch.recipients, *args.recipients]
+        else:
+            sender, recipients = args.sender, args.recipients
+        envelope = from_values(sender, recipients, vars(args), environ)
+    except ScatterguardError as exc:
+        outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
+        log_line(logger, None, None, None, outcome, started, describe(exc))
+        return outcome
+    return run_filter(
+        data,
+        envelope,
+        config,
+        reinjector=CommandReinjector(config.reinject.command, config.reinject.timeout),
+        quarantine=Store(config.quarantine.directory),
+        resolver=resolver,
+        logger=logger,
+    )
 
 
 def describe(exc: BaseException) -> str:

@@ -1,0 +1,226 @@
+"""``scatterguard serve``: a resident pool of pre-started workers behind a UNIX socket.
+
+A pipe filter starts one process per message, and importing the check libraries costs more than
+the checks themselves. The server imports everything once, forks a small pool of workers that
+share the listening socket, and each worker keeps its DNS cache (honouring TTLs) across
+messages. A worker receives the filter client's stdin descriptor (SCM_RIGHTS), reads the message
+from it directly, runs exactly the same code as the in-process filter
+(:func:`scatterguard.pipeline.filter_stream`), acts, and only then answers with the exit code and
+status line, which the client relays to the MTA.
+
+Only root, the server's own user and ``server.allowed_users`` may hand messages over (checked with
+SO_PEERCRED). The master process restarts workers that die; SIGTERM lets every worker finish the
+message it holds, then removes the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pwd
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+from scatterguard import handover
+from scatterguard.config import Config
+from scatterguard.errors import ConfigError
+
+REFUSED_STATUS = "4.7.0 Mail filter refused the hand-over, try again later"
+TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"
+ACCEPT_POLL = 1.0
+# A worker that dies this soon after its start is not restarted at once (it would spin).
+RESTART_BACKOFF = 1.0
+
+
+# Every module a message can need, imported once before the workers are forked, so each worker
+# starts warm and shares those pages with its siblings.
+WARM_MODULES = (
+    "authres",
+    "authres.dmarc",
+    "dkim",
+    "email_validator",
+    "structlog",
+    "scatterguard.checks",
+    "scatterguard.pipeline",
+    "scatterguard.quarantine",
+    "scatterguard.reinject",
+)
+
+
+def warm_imports() -> None:
+    """Import every library a message can need, once, before the workers are forked."""
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+
+
+def allowed_uids(config: Config) -> frozenset[int]:
+    """Root, our own user, and the configured ``allowed_users``."""
+    uids = {0, os.geteuid()}
+    for name in config.server.allowed_users:
+        try:
+            uids.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            raise ConfigError(f"server.allowed_users: no such user {name!r}") from None
+    return frozenset(uids)
+
+
+def listen(path: str) -> socket.socket:
+    """Bind the socket, replacing a stale one left by a server that died."""
+    if not path:
+        raise ConfigError("server.socket is empty: the server has nowhere to listen")
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)
+            else:
+                probe.close()
+                raise ConfigError(f"another server is already listening on {path}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    # Anyone may connect; who may hand over is decided per connection by SO_PEERCRED.
+    os.chmod(path, 0o666)  # noqa: S103 - connecting grants nothing without the right peer
+    sock.listen(128)
+    return sock
+
+
+def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> int:
+    """Run the server until SIGTERM or SIGINT; returns the exit code."""
+    from scatterguard import journal
+
+    uids = allowed_uids(config)
+    warm_imports()
+    logger = journal.setup(config.log)
+    sock = listen(config.server.socket)
+    count = config.server.workers or os.cpu_count() or 1
+
+    def stop(_signum: int, _frame: Any) -> None:
+        # Raised, not flagged: waitpid() is restarted after a handler that returns (PEP 475).
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    workers: dict[int, float] = {}
+    try:
+        for _ in range(count):
+            pid, started = _spawn(sock, config, uids)
+            workers[pid] = started
+        logger.info("serve", socket=config.server.socket, workers=count, pid=os.getpid())
+        if on_ready is not None:
+            on_ready(config.server.socket)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                pid, status = 0, 0
+            if pid in workers:
+                lived = time.monotonic() - workers.pop(pid)
+                logger.info("worker-exit", pid=pid, status=status, seconds=round(lived, 1))
+                if lived < RESTART_BACKOFF:
+                    time.sleep(RESTART_BACKOFF)
+            while len(workers) < count:
+                new, started = _spawn(sock, config, uids)
+                workers[new] = started
+    except _Stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in workers:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(config.server.socket)
+        logger.info("serve-stop", socket=config.server.socket)
+    return 0
+
+
+class _Stop(BaseException):
+    """SIGTERM or SIGINT reached the master process."""
+
+
+def _spawn(sock: socket.socket, config: Config, uids: frozenset[int]) -> tuple[int, float]:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        code = 0
+        try:
+            _worker(sock, config, uids)
+        except BaseException:  # noqa: BLE001 - a worker must never return into the master's code
+            code = 1
+        finally:
+            os._exit(code)
+    return pid, time.monotonic()
+
+
+def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
+    """Accept and handle connections one at a time until told to stop."""
+    from scatterguard import journal
+    from scatterguard.resolver import Resolver
+
+    stopping = False
+
+    def stop(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logger = journal.setup(config.log)
+    # One resolver per worker for its whole life: its cache (with TTLs) serves every message.
+    resolver = Resolver(config.dns.nameservers, config.dns.timeout)
+    sock.settimeout(ACCEPT_POLL)
+    while not stopping:
+        try:
+            conn, _ = sock.accept()
+        except (TimeoutError, InterruptedError):
+            continue
+        with conn:
+            conn.settimeout(None)
+            handle(conn, config, uids, resolver, logger)
+
+
+def handle(
+    conn: socket.socket, config: Config, uids: frozenset[int], resolver: Any, logger: Any
+) -> None:
+    """Serve one request: check the peer, filter the message, act, then answer."""
+    from scatterguard import cli, pipeline
+
+    try:
+        request = handover.receive(conn)
+    except (handover.HandoverError, OSError, ValueError) as exc:
+        logger.info("handover", action="refused", error=pipeline.describe(exc))
+        return
+    if request.peer_uid not in uids:
+        os.close(request.stdin_fd)
+        logger.info("handover", action="refused", uid=request.peer_uid, pid=request.peer_pid)
+        with contextlib.suppress(OSError):
+            handover.answer(conn, 75, REFUSED_STATUS)
+        return
+    code: int = 75
+    status: str | None = TEMPFAIL_STATUS
+    try:
+        with os.fdopen(request.stdin_fd, "rb") as stdin:
+            args = cli.build_parser().parse_args(request.argv)
+            if args.command != "filter":
+                raise handover.HandoverError(f"not a filter request: {args.command}")
+            with pipeline.deadline(config.timeout):
+                outcome = pipeline.filter_stream(
+                    args, request.env, stdin, config, resolver=resolver, logger=logger
+                )
+            code, status = outcome.code, outcome.status
+    except Exception as exc:  # noqa: BLE001 - a bad request defers one message, not the worker
+        logger.info("message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc))
+        code, status = 75, TEMPFAIL_STATUS
+    with contextlib.suppress(OSError):
+        handover.answer(conn, code, status)
