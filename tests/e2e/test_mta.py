@@ -175,8 +175,9 @@ def test_silent_dns_defers_then_delivers_exactly_once(world: World) -> None:
 
 
 def test_unwritable_quarantine_defers_never_bounces(world: World) -> None:
-    """A filter that cannot quarantine leaves the message deferred in the queue, never bounced."""
+    """A filter that cannot quarantine defers (never bounces) until it can quarantine again."""
     reset_quarantine(writable=False)
+    world.filter_may_fail = True
     data, message_id = forged_message("nowhere to put it")
     world.send(f"alerts@{BANK_DOMAIN}", [ALICE], data, FORGER_IP, "forger.test")
 
@@ -186,6 +187,13 @@ def test_unwritable_quarantine_defers_never_bounces(world: World) -> None:
         timeout=60,
     )
     assert len(world.mta.queue()) == 1
+    assert world.copies("alice", message_id) == []
+    world.assert_no_bounce()
+
+    # Once the quarantine works again, the next attempt quarantines the message.
+    reset_quarantine()
+    world.mta.flush()
+    wait_quarantined(world)
     assert world.copies("alice", message_id) == []
     world.assert_no_bounce()
 
