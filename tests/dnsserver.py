@@ -6,8 +6,9 @@ asked type (empty non-terminals included), CNAMEs followed inside the data. It s
 
 Faults can be switched on per name (and its subdomains) or for everything, to stand in for the
 trouble real resolvers have: silence (a timeout), SERVFAIL, REFUSED, truncation with TCP refused,
-and malformed replies. Run as a program it serves a zone file until killed; SIGUSR1 makes it silent
-and SIGUSR2 makes it answer again.
+malformed replies, and a CNAME loop answered with NOERROR (as some forwarders hand it back). Run as
+a program it serves a zone file until killed; SIGUSR1 makes it silent and SIGUSR2 makes it answer
+again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-FAULTS = ("timeout", "servfail", "refused", "truncate", "malformed", "cname-loop")
+FAULTS = (
+    "timeout",
+    "servfail",
+    "refused",
+    "truncate",
+    "malformed",
+    "cname-loop",
+    "cname-loop-noerror",
+)
 
 
 class Records:
@@ -213,6 +222,15 @@ class DnsServer:
             response.set_rcode(dns.rcode.REFUSED)
         elif fault == "truncate":
             response.flags |= dns.flags.TC
+        elif fault == "cname-loop-noerror":
+            # The name and loop.<name> point at each other: the client must stop following.
+            loop = dns.name.Name(("loop", *question.name.labels))
+            response.answer.append(
+                dns.rrset.from_text(question.name, 300, "IN", "CNAME", str(loop))
+            )
+            response.answer.append(
+                dns.rrset.from_text(loop, 300, "IN", "CNAME", str(question.name))
+            )
         else:
             self._answer(response, question.name, question.rdtype)
         wire = response.to_wire(max_size=65535)
