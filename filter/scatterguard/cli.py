@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TextIO
 
 from scatterguard import __version__
 from scatterguard.errors import ScatterguardError, UsageError
+from scatterguard.startup import skip_unused_optional_imports
 
 EX_OK = 0
 EX_FAIL = 1
@@ -85,6 +86,7 @@ def _envelope_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code."""
+    skip_unused_optional_imports()
     args_list = list(sys.argv[1:] if argv is None else argv)
     if _filter_mode(args_list):
         return _filter_main(args_list)
