@@ -87,6 +87,11 @@ def test_environment_variable_names_the_file(tmp_path: Path) -> None:
             '[reinject]\ncommand = ["/usr/sbin/sendmail"]', "reinject.command", id="no-recipients"
         ),
         pytest.param(
+            '[reinject]\ncommand = ["/usr/sbin/sendmail", "-i", "{recipients}"]',
+            "reinject.command",
+            id="recipients-without-double-dash",
+        ),
+        pytest.param(
             '[quarantine]\ndirectory = "relative"', "quarantine.directory", id="relative-dir"
         ),
         pytest.param('[log]\ntarget = "file"', "log.target", id="log-target"),
@@ -95,7 +100,9 @@ def test_environment_variable_names_the_file(tmp_path: Path) -> None:
         pytest.param("dns = 1", "dns", id="table-expected"),
         pytest.param('[server]\nsocket = "run/sg.sock"', "server.socket", id="relative-socket"),
         pytest.param("[server]\nworkers = -1", "server.workers", id="negative-workers"),
-        pytest.param('[server]\nallowed_users = "postfix"', "server.allowed_users", id="users-list"),
+        pytest.param(
+            '[server]\nallowed_users = "postfix"', "server.allowed_users", id="users-list"
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -101,9 +101,14 @@ def test_recipients_required_and_checked() -> None:
     """No recipients, or a recipient with CR/LF or a leading dash, is a usage error."""
     with pytest.raises(UsageError, match="no recipients"):
         from_values("a@x.example", [], {}, {})
-    for bad in ("b@y.example\r\nDATA", "-oi@y.example", ""):
+    for bad in ("b@y.example\r\nDATA", ""):
         with pytest.raises(UsageError):
             from_values("a@x.example", [bad], {}, {})
+
+
+def test_recipient_may_start_with_a_dash() -> None:
+    """A recipient like -oi@y.example is taken: it always follows "--" when re-injected."""
+    assert from_values("a@x.example", ["-oi@y.example"], {}, {}).recipients == ("-oi@y.example",)
 
 
 def test_long_helo_is_dropped() -> None:

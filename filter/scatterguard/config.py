@@ -358,6 +358,9 @@ def _command(value: Any) -> tuple[str, ...]:
         raise ValueError(f"the program {command[0]!r} must be an absolute path")
     if "{recipients}" not in command:
         raise ValueError('must contain the argument "{recipients}"')
+    if "--" not in command[: command.index("{recipients}")]:
+        # Otherwise a recipient such as "-oi@example.org" would be read as an option.
+        raise ValueError('"{recipients}" must come after a "--" argument')
     return command
 
 

@@ -91,10 +91,14 @@ def parse_sender(text: str) -> Address | None:
 
 
 def parse_recipient(text: str) -> str:
-    """Check one recipient: the MTA accepted it, so only reject what could inject or split."""
+    """Check one recipient: the MTA accepted it, so only reject what could inject or split.
+
+    A leading "-" is allowed: recipients always follow "--" in the re-injection command (the
+    configuration refuses a command where they do not), so they cannot become options.
+    """
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
-    if not text or _FORBIDDEN.search(text) or text.startswith("-"):
+    if not text or _FORBIDDEN.search(text):
         raise UsageError(f"recipient {text!r} is not usable")
     return text
 

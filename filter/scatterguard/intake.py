@@ -69,7 +69,7 @@ def parse_bsmtp(stream: bytes) -> Batch:
     rest = stream[position:].strip()
     if rest and rest.upper() not in (b"QUIT",):
         # More than one message in the batch: we could act on only one and lose the rest.
-        raise InputError("BSMTP batch holds more than one message (set batch_max = 1)")
+        raise InputError("BSMTP batch holds more than one message")
     return Batch(sender, tuple(recipients), data)
 
 
