@@ -190,6 +190,22 @@ def test_purge_unit_runs_a_command_the_parser_accepts() -> None:
     assert unit["User"] == unit["Group"] == "scatterguard"
 
 
+def test_server_unit_runs_serve_where_filter_looks() -> None:
+    """scatterguard.service runs "serve" as the filter's user, in the directory of server.socket."""
+    unit = _unit("scatterguard.service")
+    argv = shlex.split(unit["ExecStart"])
+    assert argv[0] == "/usr/bin/scatterguard"
+    assert build_parser().parse_args(argv[1:]).command == "serve"
+    assert unit["User"] == unit["Group"] == "scatterguard"
+    socket_dir = Path(config.ServerConfig().socket).parent
+    assert Path("/run") / unit["RuntimeDirectory"] == socket_dir
+    # KillMode=mixed lets the master stop its workers; they may need the whole filter deadline.
+    assert unit["KillMode"] == "mixed"
+    assert int(unit["TimeoutStopSec"]) > config.Config.timeout
+    # Re-injection runs setgid/setuid MTA programs, which NoNewPrivileges would break.
+    assert "NoNewPrivileges" not in unit
+
+
 def test_timer_runs_daily() -> None:
     """The timer fires daily and catches up on a missed run."""
     unit = _unit("scatterguard-purge.timer")
