@@ -9,7 +9,8 @@ asserts what the installed command decides:
   From domain's DMARC policy rejects the message;
 - ``filter`` run as the ``scatterguard`` user the package created, so the quarantine directory
   postinst made is proved usable: delivery re-injects the original bytes behind our header,
-  forged mail lands in the quarantine (and is listed there), a verified sender gets exit 69.
+  forged mail lands in the quarantine (and is listed there), a verified sender gets exit 69;
+- ``serve`` as that user, with ``filter`` handing a message over to it.
 
 Nothing here imports scatterguard: the installed command is run as the MTA would run it.
 """
@@ -22,6 +23,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dkim
@@ -136,9 +138,13 @@ def start_dns(repo: Path, zone_file: Path) -> tuple[subprocess.Popen[str], str]:
     return server, line.removeprefix("serving DNS on ")
 
 
-def write_config(work: Path, dns_address: str) -> Path:
+def write_config(
+    work: Path, dns_address: str, socket: str = "", name: str = "scatterguard"
+) -> Path:
+    """A configuration for the smoke test; ``socket`` empty means filter works in-process."""
     reinjected = work / "out" / "reinjected.eml"
-    command = ["/bin/sh", "-c", 'cat > "$0"', str(reinjected), "{recipients}"]
+    # The validator wants "{recipients}" after "--"; for sh -c that is just $1.
+    command = ["/bin/sh", "-c", 'cat > "$0"', str(reinjected), "--", "{recipients}"]
     text = f"""\
 authserv_id = "{AUTHSERV_ID}"
 trusted_networks = []
@@ -152,8 +158,12 @@ command = {json.dumps(command)}
 
 [log]
 target = "stderr"
+
+[server]
+socket = "{socket}"
+workers = 1
 """
-    path = work / "scatterguard.toml"
+    path = work / f"{name}.toml"
     path.write_text(text)
     path.chmod(0o644)
     return path
@@ -299,6 +309,58 @@ def smoke_filter(cfg: Path, work: Path, signed: bytes, forged: bytes) -> None:
     )
 
 
+def smoke_server(work: Path, dns_address: str, signed: bytes) -> None:
+    """``serve`` as the scatterguard user; ``filter`` hands a message over and relays the answer."""
+    print("serve, and filter handing over to it:")
+    pw = pwd.getpwnam("scatterguard")
+    run_dir = work / "run"
+    run_dir.mkdir()
+    os.chown(run_dir, pw.pw_uid, pw.pw_gid)
+    sock = run_dir / "scatterguard.sock"
+    cfg = write_config(work, dns_address, socket=str(sock), name="server")
+    log = (work / "server.log").open("wb")
+    # setpriv execs the server itself, so the SIGTERM below reaches the master process.
+    server = subprocess.Popen(
+        ["setpriv", "--reuid=scatterguard", "--regid=scatterguard", "--init-groups", "--",
+         SCATTERGUARD, "--config", str(cfg), "serve"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=CLEAN_ENV,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            if sock.is_socket() or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        expect(sock.is_socket(), "the server listens on its socket", server.poll())
+        (work / "out" / "reinjected.eml").unlink(missing_ok=True)
+        done = run(
+            [SCATTERGUARD, "--config", str(cfg), "filter", "--sender=alice@example.org",
+             "--client-address=192.0.2.1", "--queue-id=4SMOKE2", "--", "bob@mx.scatterguard.test"],
+            signed,
+            user="scatterguard",
+        )  # fmt: skip
+        expect(
+            (done.returncode, done.stdout) == (0, b""), "delivery exits 0, nothing on stdout", done
+        )
+        reinjected = (work / "out" / "reinjected.eml").read_bytes()
+        expect(
+            reinjected.startswith(b"Authentication-Results: " + AUTHSERV_ID.encode() + b";")
+            and reinjected.endswith(signed),
+            "the server re-injected our header followed by the original bytes",
+            reinjected[:300],
+        )
+        logged = (work / "server.log").read_bytes()
+        expect(
+            b"queue_id='4SMOKE2'" in logged and b"action='deliver'" in logged,
+            "the server, not the filter process, logged the message",
+            logged[-600:],
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    expect(not sock.exists(), "SIGTERM stops the server and removes its socket", server.returncode)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -325,6 +387,7 @@ def main() -> int:
         )
         smoke_check(cfg, signed, forged)
         smoke_filter(cfg, work, signed, forged)
+        smoke_server(work, address, signed)
     except Failure as exc:
         print(f"smoke test FAILED: {exc}", file=sys.stderr)
         return 1
