@@ -18,14 +18,17 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from scatterguard import __version__
-from scatterguard.errors import ScatterguardError, UsageError
+from scatterguard.errors import (
+    EX_OK,
+    EX_TEMPFAIL,
+    TEMPFAIL_STATUS,
+    ScatterguardError,
+    UsageError,
+)
 from scatterguard.startup import skip_unused_optional_imports
 
-EX_OK = 0
 EX_FAIL = 1
 EX_USAGE = 2
-EX_TEMPFAIL = 75
-TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,6 +14,13 @@ Exceptions are for things that stop us from doing our job; the CLI maps each to 
 
 from __future__ import annotations
 
+# The filter's exit codes (sysexits.h), the only three it may return, and the status line of a
+# deferral caused by our own breakage.
+EX_OK = 0
+EX_UNAVAILABLE = 69  # bounce: the MTA returns the message to its (verified) sender
+EX_TEMPFAIL = 75  # defer: the MTA keeps the message and retries
+TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"
+
 
 class ScatterguardError(Exception):
     """The root of every error scatterguard raises on purpose."""

@@ -20,18 +20,20 @@ from typing import Any, BinaryIO, Protocol
 from scatterguard import authresults, verdict
 from scatterguard.config import Config
 from scatterguard.envelope import Envelope, from_values
-from scatterguard.errors import DeadlineExceeded, ScatterguardError
+from scatterguard.errors import (
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    TEMPFAIL_STATUS,
+    DeadlineExceeded,
+    ScatterguardError,
+)
 from scatterguard.journal import Logger
 from scatterguard.message import Message
 from scatterguard.reinject import Reinjector
 from scatterguard.resolver import Resolver
 from scatterguard.results import AuthReport
 from scatterguard.verdict import Action, Decision
-
-EX_OK = 0
-EX_UNAVAILABLE = 69  # bounce: the MTA returns the message to its (verified) sender
-EX_TEMPFAIL = 75  # defer: the MTA keeps the message and retries
-TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,9 @@ from typing import Any
 
 from scatterguard import handover
 from scatterguard.config import Config
-from scatterguard.errors import ConfigError
+from scatterguard.errors import EX_TEMPFAIL, TEMPFAIL_STATUS, ConfigError
 
 REFUSED_STATUS = "4.7.0 Mail filter refused the hand-over, try again later"
-TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"
 ACCEPT_POLL = 1.0
 # A worker that dies this soon after its start is not restarted at once (it would spin).
 RESTART_BACKOFF = 1.0
@@ -205,9 +204,9 @@ def handle(
         os.close(request.stdin_fd)
         logger.info("handover", action="refused", uid=request.peer_uid, pid=request.peer_pid)
         with contextlib.suppress(OSError):
-            handover.answer(conn, 75, REFUSED_STATUS)
+            handover.answer(conn, EX_TEMPFAIL, REFUSED_STATUS)
         return
-    code: int = 75
+    code: int = EX_TEMPFAIL
     status: str | None = TEMPFAIL_STATUS
     try:
         with os.fdopen(request.stdin_fd, "rb") as stdin:
@@ -221,6 +220,6 @@ def handle(
             code, status = outcome.code, outcome.status
     except Exception as exc:  # noqa: BLE001 - a bad request defers one message, not the worker
         logger.info("message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc))
-        code, status = 75, TEMPFAIL_STATUS
+        code, status = EX_TEMPFAIL, TEMPFAIL_STATUS
     with contextlib.suppress(OSError):
         handover.answer(conn, code, status)
