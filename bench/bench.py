@@ -621,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commit", default=os.environ.get("SG_BENCH_COMMIT", "?"))
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
+    # A stopped benchmark still puts Postfix back and stops what it started (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     quick = args.quick
     count = args.messages or (100 if quick else 500)
     rounds_b = args.rounds or (1 if quick else 3)
