@@ -10,7 +10,10 @@ hooks into the tests.
 
 The MTAs run scatterguard from ``/usr/bin/scatterguard`` as the unprivileged ``scatterguard``
 user, reading ``/etc/scatterguard/scatterguard.toml``, which points the filter (and only the
-filter) at the loopback DNS server and sends its log lines to a socket this harness reads.
+filter) at the loopback DNS server and sends its log lines to a socket this harness reads. That
+file also names the socket of the resident server (``[server] socket``): where a test runs
+:class:`ResidentServer` (``scatterguard serve``, as ``scatterguard.service`` would), the filter
+hands each message over to it; where nothing listens there, the filter works in-process.
 Test mail is routed without DNS: local domains are delivered to local mailboxes, anything else
 fails inside the MTA and would show up in the queue, the logs or a mailbox.
 
@@ -28,6 +31,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -49,6 +53,12 @@ EXIM = Path("/usr/sbin/exim4")
 RUN = Path("/run/scatterguard-e2e")
 QUARANTINE = Path("/var/lib/scatterguard-e2e/quarantine")
 CONFIG = Path("/etc/scatterguard/scatterguard.toml")
+# The resident server's socket, in a directory every user can traverse (as systemd's
+# RuntimeDirectory=scatterguard with mode 0755 would make /run/scatterguard).
+SERVER_DIR = RUN / "server"
+SERVER_SOCKET = SERVER_DIR / "scatterguard.sock"
+SERVER_WORKERS = 2
+SERVER_OUTPUT = RUN / "server.out"
 CONFIG_HEADER = "# Written by scatterguard's end-to-end tests (tests/e2e); removed when they end."
 POSTFIX_LOG = Path("/var/log/scatterguard-e2e-postfix.log")
 EXIM_LOG = Path("/var/log/exim4/mainlog")
@@ -152,7 +162,13 @@ def install_filter() -> None:
         stage / "filter",
         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
     )
-    pip = [VENV / "bin" / "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    pip: list[str | os.PathLike[str]] = [
+        VENV / "bin" / "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+    ]
     run([*pip, "--no-index", "--force-reinstall", stage], timeout=300)
     shutil.rmtree(stage, ignore_errors=True)
 
@@ -179,9 +195,22 @@ class LogSink:
                 return
             self.lines.append(data.decode("utf-8", "replace").strip("\x00\n"))
 
+    def events(self, event: str) -> list[tuple[int, str]]:
+        """The lines logging ``event``, each with the pid of the process that logged it."""
+        found = []
+        for line in list(self.lines):
+            match = _LOG_LINE.search(line)
+            if match and match.group(2) == event:
+                found.append((int(match.group(1)), line))
+        return found
+
     def close(self) -> None:
         self.sock.close()
         self.path.unlink(missing_ok=True)
+
+
+# A line as journal.py sends it to syslog: "<22>scatterguard[PID]: event='message' ...".
+_LOG_LINE = re.compile(r"scatterguard\[(\d+)\]: event='([^']*)'")
 
 
 @dataclass
@@ -214,6 +243,10 @@ class FilterSetup:
             "[log]",
             'target = "syslog"',
             f'socket = "{RUN / "log.sock"}"',
+            # Written in both modes: with no server listening, the filter works in-process.
+            "[server]",
+            f'socket = "{SERVER_SOCKET}"',
+            f"workers = {SERVER_WORKERS}",
         ]
         if self.reinject is not None:
             lines += ["[reinject]", "command = " + json.dumps(list(self.reinject))]
@@ -251,6 +284,164 @@ def quarantine_list() -> list[dict[str, Any]]:
     """The quarantine entries, from ``scatterguard quarantine list --json``."""
     entries: list[dict[str, Any]] = json.loads(scatterguard("quarantine", "list", "--json").stdout)
     return entries
+
+
+# --- the resident server ----------------------------------------------------------------------
+
+
+class ResidentServer:
+    """``scatterguard serve`` started by hand, as ``scatterguard.service`` would start it.
+
+    The same command line (``/usr/bin/scatterguard serve``), as the same user, reading the same
+    ``/etc/scatterguard/scatterguard.toml`` as the filter the MTAs run, so the socket, the worker
+    count and the log target all come from that file. Its workers log to the harness's sink with
+    their own pids, which is how a test tells a decision made by the server from one made
+    in-process.
+    """
+
+    def __init__(self, sink: LogSink) -> None:
+        self.sink = sink
+        self.process: subprocess.Popen[bytes] | None = None
+        # Every worker pid seen, including workers that were killed or replaced since.
+        self.seen_workers: set[int] = set()
+        SERVER_OUTPUT.write_bytes(b"")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the server was never started"
+        return self.process.pid
+
+    def start(self) -> None:
+        """Start a server and wait until its master has logged that every worker is up."""
+        user = pwd.getpwnam(FILTER_USER)
+        SERVER_DIR.mkdir(parents=True, exist_ok=True)
+        os.chown(SERVER_DIR, user.pw_uid, user.pw_gid)
+        SERVER_DIR.chmod(0o755)
+        with SERVER_OUTPUT.open("ab") as output:
+            self.process = subprocess.Popen(
+                [os.fspath(FILTER), "serve"],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                user=user.pw_uid,
+                group=user.pw_gid,
+                extra_groups=[],
+                cwd="/",
+                # A service's environment, not the test runner's (no PYTHONPATH, no pyenv).
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+            )
+        wait_for("scatterguard serve to start", self._ready, timeout=30, report=self.output)
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"scatterguard serve exited {self.process.returncode}\n{self.output()}"
+            )
+        logged = any(pid == self.pid for pid, _ in self.sink.events("serve"))
+        return logged and len(self.workers()) == SERVER_WORKERS and SERVER_SOCKET.is_socket()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def workers(self) -> list[int]:
+        """The master's live worker processes (remembered in :attr:`seen_workers`)."""
+        if not self.running():
+            return []
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return []
+        pids = [int(pid) for pid in children if _alive(int(pid))]
+        self.seen_workers.update(pids)
+        return pids
+
+    def holder(self) -> tuple[int, int] | None:
+        """(worker pid, filter pid) once a worker holds the stdin of a running filter.
+
+        The filter passes its stdin to the server with SCM_RIGHTS, so the worker then has the
+        very same pipe or socket open (the same inode in /proc/PID/fd) as the filter the MTA
+        started: that is the worker holding the message.
+        """
+        clients: dict[str, int] = {}
+        for pid in _filter_clients():
+            with contextlib.suppress(OSError):
+                clients[os.readlink(f"/proc/{pid}/fd/0")] = pid
+        for worker in self.workers():
+            for link in _fd_links(worker):
+                if link in clients:
+                    return worker, clients[link]
+        return None
+
+    def kill(self) -> list[int]:
+        """SIGKILL the master, then each of its workers; return the workers' pids."""
+        assert self.process is not None
+        workers = self.workers()
+        # The master first: once it is gone, nothing starts a replacement for a killed worker.
+        self.process.kill()
+        self.process.wait(timeout=30)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for("the killed workers to die", lambda: not any(map(_alive, workers)))
+        return workers
+
+    def stop(self) -> int | None:
+        """SIGTERM the master, which stops its workers; its exit status, or None if not running."""
+        if not self.running():
+            return None
+        assert self.process is not None
+        workers = self.workers()
+        self.process.terminate()
+        try:
+            code = self.process.wait(timeout=60)
+        finally:
+            # Never leave a worker behind, whatever the master did.
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    if _alive(pid):
+                        os.kill(pid, signal.SIGKILL)
+        return code
+
+    def output(self) -> str:
+        """What the server printed on stdout and stderr (nothing, when all is well)."""
+        if not SERVER_OUTPUT.exists():
+            return ""
+        return "--- scatterguard serve output ---\n" + SERVER_OUTPUT.read_text()[-4000:]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _filter_clients() -> list[int]:
+    """Running ``scatterguard filter`` processes (the ones the MTAs start)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(FILTER) in argv and b"filter" in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _fd_links(pid: int) -> list[str]:
+    """What each open file descriptor of ``pid`` refers to (``pipe:[N]``, ``socket:[N]``, ...)."""
+    links = []
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(fd))
+    return links
 
 
 # --- mailboxes ---------------------------------------------------------------------------------
@@ -454,6 +645,10 @@ class Mta:
         """How many times, since :meth:`mark_log`, a recipient was handed to the filter."""
         raise NotImplementedError
 
+    def filter_deferrals(self) -> int:
+        """How many times, since :meth:`mark_log`, the filter deferred a recipient."""
+        raise NotImplementedError
+
     def bounces(self) -> list[str]:
         """Log lines since :meth:`mark_log` that show the MTA writing a bounce."""
         raise NotImplementedError
@@ -583,8 +778,11 @@ class Postfix(Mta):
         run(["postqueue", "-f"])
 
     def deferred_by_filter(self) -> bool:
-        logged = re.search(r"relay=scatterguard, .*status=deferred", self.log())
-        return bool(logged) and any(e["queue_name"] == "deferred" for e in self._entries())
+        logged = self.filter_deferrals() > 0
+        return logged and any(e["queue_name"] == "deferred" for e in self._entries())
+
+    def filter_deferrals(self) -> int:
+        return len(re.findall(r"relay=scatterguard, .*status=deferred", self.log()))
 
     def filter_deliveries(self) -> int:
         return len(
@@ -737,9 +935,10 @@ class Exim(Mta):
         run([EXIM, "-qff"], timeout=120)
 
     def deferred_by_filter(self) -> bool:
-        return bool(re.search(r"== \S+ R=scatterguard T=scatterguard defer", self.log())) and bool(
-            self.queue()
-        )
+        return self.filter_deferrals() > 0 and bool(self.queue())
+
+    def filter_deferrals(self) -> int:
+        return len(re.findall(r"== \S+ R=scatterguard T=scatterguard defer", self.log()))
 
     def filter_deliveries(self) -> int:
         # One log line per recipient for delivered ("=>" or "->"), failed ("**") or deferred.
