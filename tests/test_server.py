@@ -270,8 +270,13 @@ def test_foreign_user_is_refused(served: tuple[Filter, Server], tmp_path: Path) 
     config = public / "scatterguard.toml"
     config.write_text(mta.config.read_text())
     config.chmod(0o644)
-    # Debian's interpreter, which any user may run; the client needs only the standard library.
-    source_root = Path(scatterguard.__file__).resolve().parents[1]
+    # Debian's interpreter, which any user may run; the client needs only the standard library
+    # and our package, copied where that user can read it (the checkout may sit under /root).
+    source_root = public / "lib"
+    shutil.copytree(Path(scatterguard.__file__).resolve().parent, source_root / "scatterguard")
+    for path in source_root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    source_root.chmod(0o755)
     done = subprocess.run(
         [
             "/usr/bin/python3",
