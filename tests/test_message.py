@@ -35,6 +35,22 @@ def test_scan(data: bytes, names: list[str], body: bytes) -> None:
         assert header.raw(data).startswith(header.name.encode("latin-1"))
 
 
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        pytest.param(b"A: 1\n\nbody", None, id="plain"),
+        pytest.param(b" folded\nFrom: x@y.example\n\nb", "continuation", id="continuation-first"),
+        pytest.param(b"\tx\n\nb", "continuation", id="tab-first"),
+        pytest.param(b"X:\n" * 20_001 + b"From: x@y.example\n\nb", "more than", id="too-many"),
+        pytest.param(b"X:\n" * 20_000 + b"\nb", None, id="exactly-the-cap"),
+    ],
+)
+def test_ambiguous_structure(data: bytes, problem: str | None) -> None:
+    """A leading continuation line or too many fields is reported as a structural problem."""
+    found = Message(data).problem
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
 def test_values_unfold() -> None:
     """Values are unfolded and stripped; lookups ignore case."""
     message = Message(b"Subject: hello\r\n world\r\nsubject: two\r\n\r\n")

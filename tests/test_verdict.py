@@ -289,6 +289,27 @@ def test_bounce_status_codes(rep: AuthReport, code: str) -> None:
     assert decision.status.split()[0] == code
 
 
+@pytest.mark.parametrize(
+    ("env", "action"),
+    [
+        pytest.param(envelope(), Action.QUARANTINE, id="untrusted-quarantined"),
+        pytest.param(envelope(sasl="alice"), Action.DELIVER, id="trusted-delivered"),
+    ],
+)
+def test_malformed_messages_are_kept(env: Envelope, action: Action) -> None:
+    """An ambiguous header section is quarantined, even when it would pass or bounce."""
+    rep = AuthReport(
+        spf=SpfResult(Result.PASS, "mailfrom", "sender.example"),
+        dkim=(),
+        dmarc=DmarcResult(Result.FAIL, "from.example", Policy.REJECT),
+        malformed="the message starts with a continuation line",
+    )
+    decision = decide(rep, env, KNOBS)
+    assert decision.action is action
+    if action is Action.QUARANTINE:
+        assert "malformed" in decision.reasons[0]
+
+
 def test_spf_fail_alone_never_bounces() -> None:
     """SPF fail cannot bounce: it excludes SPF pass, and aligned DKIM or trust stop rule 4 first."""
     decision = decide(report(spf="fail"), envelope(), KNOBS)

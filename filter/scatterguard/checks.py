@@ -26,6 +26,7 @@ def run(resolver: Resolver, message: Message, envelope: Envelope, config: Config
         dmarc=dmarc_result,
         spf_helo=spf_helo,
         reverse_path_dkim_aligned=reverse_path_aligned(resolver, envelope, signatures),
+        malformed=message.problem,
     )
 
 

@@ -35,7 +35,7 @@ class Message:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.headers, self.body_offset = _scan(data)
+        self.headers, self.body_offset, self.problem = _scan(data)
         self.linesep = _linesep(data)
 
     @property
@@ -79,12 +79,19 @@ class Message:
         return b"".join(parts)
 
 
-def _scan(data: bytes) -> tuple[list[Header], int]:
-    """Find the header fields and the offset of the body.
+def _scan(data: bytes) -> tuple[list[Header], int, str | None]:
+    """Find the header fields, the offset of the body, and what makes the structure ambiguous.
 
     The header section ends at the first empty line, or at the first line that is neither a field
     nor a continuation (such a message has no separator; its body starts there, as in Postfix).
+
+    Two shapes are reported as problems, because what we check would not be what a reader sees:
+    a first line that is a continuation (a header field we prepend would swallow it, and the
+    fields after it would appear to readers), and more than MAX_HEADER_FIELDS fields (we stop
+    reading there to bound our work, so a From further down would go unchecked).
     """
+    if data[:1] in (b" ", b"\t"):
+        return [], 0, "the message starts with a continuation line"
     headers: list[Header] = []
     name: str | None = None
     start = 0
@@ -97,7 +104,7 @@ def _scan(data: bytes) -> tuple[list[Header], int]:
         if line in (b"\n", b"\r\n"):
             if name is not None:
                 headers.append(Header(name, start, position))
-            return headers, line_end
+            return headers, line_end, None
         if line[:1] in (b" ", b"\t") and name is not None:
             position = line_end
             continue
@@ -105,14 +112,16 @@ def _scan(data: bytes) -> tuple[list[Header], int]:
             headers.append(Header(name, start, position))
             name = None
         field = _FIELD.match(line)
-        if field is None or len(headers) >= MAX_HEADER_FIELDS:
-            return headers, position
+        if field is None:
+            return headers, position, None
+        if len(headers) >= MAX_HEADER_FIELDS:
+            return headers, position, f"more than {MAX_HEADER_FIELDS} header fields"
         name = field.group(1).decode("latin-1")
         start = position
         position = line_end
     if name is not None:
         headers.append(Header(name, start, size))
-    return headers, size
+    return headers, size, None
 
 
 def _linesep(data: bytes) -> bytes:

@@ -7,7 +7,7 @@ SERVFAIL is ``temperror``, never ``fail``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Result(enum.Enum):
@@ -122,4 +122,6 @@ class AuthReport:
     # A reverse-path domain shares its organizational domain with the d= of a counting DKIM
     # signature (RFC 9989 relaxed alignment applied to the envelope).
     reverse_path_dkim_aligned: bool = False
-    notes: tuple[str, ...] = field(default=())
+    # Set when the message's structure is ambiguous (see Message.problem): what we checked
+    # may not be what its reader sees.
+    malformed: str | None = None

@@ -117,6 +117,11 @@ def _decide(report: AuthReport, envelope: Envelope, knobs: Knobs, age: float | N
     if trusted is not None:
         return Decision(Action.DELIVER, verified, (trusted,))
 
+    # A message whose header section we cannot read the way its reader will is kept, not sent:
+    # neither delivering what we did not check nor bouncing what we could not read is safe.
+    if report.malformed is not None:
+        return Decision(Action.QUARANTINE, verified, (f"malformed message: {report.malformed}",))
+
     dmarc = report.dmarc
     spf = report.spf
     policy = effective_policy(dmarc.policy, dmarc.testing)
