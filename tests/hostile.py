@@ -21,6 +21,7 @@ Typical use::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -144,12 +145,15 @@ def bsmtp(sender: str, recipients: Sequence[str], data: bytes, eol: bytes = b"\n
     """A batch SMTP stream as Exim's ``use_bsmtp`` writes it: dot-stuffed (RFC 5321 §4.5.2)."""
     lines = [f"MAIL FROM:<{sender}>".encode()]
     lines += [f"RCPT TO:<{rcpt}>".encode() for rcpt in recipients]
-    stuffed = b"".join(
-        b"." + line if line.startswith(b".") else line for line in data.splitlines(keepends=True)
-    )
+    # Lines end at LF only (RFC 5321 §4.5.2 as Exim applies it); a bare CR starts no line.
+    stuffed = b"".join(b"." + line if line.startswith(b".") else line for line in _lf_lines(data))
     if stuffed and not stuffed.endswith(b"\n"):
         stuffed += eol
     return eol.join([*lines, b"DATA", b""]) + stuffed + b"." + eol
+
+
+def _lf_lines(data: bytes) -> list[bytes]:
+    return re.findall(rb"[^\n]*\n|[^\n]+\Z", data)
 
 
 def bsmtp_raw(
@@ -302,6 +306,12 @@ def _encodings() -> Iterator[HostileMessage]:
         BOUNCE,
         "a bare CR that some readers take for a line break hides a second From",
         dmarc="fail",
+    )
+    yield HostileMessage(
+        "bare-cr-then-dot",
+        message(body=b"line\r.not a line start\r\n.\r\n..\nend\r.\r\n"),
+        DELIVER,
+        "a bare CR followed by a dot, and lines of dots (BSMTP stuffs at LF only)",
     )
     yield HostileMessage(
         "mixed-line-endings",
