@@ -1,0 +1,281 @@
+"""Fuzz targets (issue 7 item 5): one function per parser, from raw bytes to checked invariants.
+
+Each target takes the fuzzer's bytes, feeds them to one parser of scatterguard, and asserts what
+must hold for every input; any exception is a finding. The same functions are driven by atheris
+(``fuzz.py``, coverage-guided), by the Hypothesis fallback in ``fuzz.py``, and by
+``test_corpus.py``, which replays the stored corpus under pytest on every interpreter.
+
+Targets:
+
+- ``message``: :class:`scatterguard.message.Message` (header spans, values, prepending, our A-R
+  fields found by :func:`scatterguard.authresults.ours`).
+- ``bsmtp``: :func:`scatterguard.intake.parse_bsmtp` (only ``InputError``; what it reads, written
+  back as Exim would, reads the same again).
+- ``dmarc_record``: :func:`scatterguard.dmarcrecord.parse_record` (never raises; a record written
+  back from what it read parses to the same policy).
+- ``from_domains``: :func:`scatterguard.dmarc.from_domains` (A-label domains only, capped, and a
+  From field added on top adds exactly its domain in front).
+- ``authresults``: :func:`scatterguard.authresults.render` of an AuthReport built from the bytes
+  (printable ASCII, folded, parsed back by authres to the same methods and words, no value that
+  was not a valid domain, selector or algorithm).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from scatterguard import authresults, dmarc, dmarcrecord, intake
+from scatterguard.errors import InputError
+from scatterguard.message import MAX_HEADER_FIELDS, Message
+from scatterguard.results import (
+    AuthReport,
+    DkimResult,
+    DmarcResult,
+    Policy,
+    Result,
+    SpfResult,
+)
+
+AUTHSERV = "mx.rcpt.example"
+_DOMAIN = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\Z"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# message
+
+
+def message(data: bytes) -> None:
+    """Header spans tile the header section; prepending adds exactly one field."""
+    msg = Message(data)
+    assert 0 <= msg.body_offset <= len(data)
+    assert len(msg.headers) <= MAX_HEADER_FIELDS
+    position = 0
+    for header in msg.headers:
+        # Fields are contiguous from the first byte: nothing between them is lost or skipped.
+        assert header.start == position < header.end <= msg.body_offset
+        raw = header.raw(data)
+        assert raw.startswith(header.name.encode("latin-1"))
+        assert b":" in raw
+        assert isinstance(msg.value(header), str)
+        position = header.end
+    assert msg.linesep in (b"\n", b"\r\n")
+    ours = list(authresults.ours(msg, AUTHSERV))
+    assert all(h.name.lower() == "authentication-results" for h in ours)
+
+    field = b"Authentication-Results: " + AUTHSERV.encode() + b"; spf=pass"
+    assert msg.with_header(field) == field + msg.linesep + data
+    out = msg.with_header(field, ours)
+    removed = sum(h.end - h.start for h in ours)
+    assert len(out) == len(field) + len(msg.linesep) + len(data) - removed
+
+    # Read back, the prepended field is exactly ours and every other field is where it was. A
+    # first line that starts with white space (a continuation of nothing) is the known exception
+    # (tests/test_hostile.py, case continuation-first): it would fold into our field.
+    if data[:1] not in (b" ", b"\t") and len(msg.headers) < MAX_HEADER_FIELDS:
+        plain = msg.with_header(field)
+        again = Message(plain)
+        assert again.headers[0].raw(plain) == field + msg.linesep
+        shift = len(field) + len(msg.linesep)
+        assert [(h.start - shift, h.end - shift) for h in again.headers[1:]] == [
+            (h.start, h.end) for h in msg.headers
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
+# bsmtp
+
+
+def restuff(sender: str, recipients: tuple[str, ...], data: bytes) -> bytes:
+    """Write a batch back as Exim's use_bsmtp does: dot-stuffed, ended by a lone dot."""
+    lines = [f"MAIL FROM:<{sender}>".encode(), *(f"RCPT TO:<{r}>".encode() for r in recipients)]
+    # Lines end at LF only, as in intake; bytes.splitlines() would also split at a bare CR.
+    lines += [b"DATA"]
+    body = b"".join(b"." + line if line.startswith(b".") else line for line in _lf_lines(data))
+    return b"\n".join([*lines, b""]) + body + b".\n"
+
+
+def _lf_lines(data: bytes) -> list[bytes]:
+    return re.findall(rb"[^\n]*\n|[^\n]+\Z", data)
+
+
+def bsmtp(data: bytes) -> None:
+    """Only InputError escapes; a batch that was read, written back, reads the same."""
+    try:
+        batch = intake.parse_bsmtp(data)
+    except InputError:
+        return
+    assert batch.recipients
+    assert all(isinstance(r, str) for r in (batch.sender, *batch.recipients))
+    if b"\n" in (batch.sender + "".join(batch.recipients)).encode():
+        return  # a path with LF cannot be written back on one line; the envelope refuses it
+    if batch.data and not batch.data.endswith(b"\n"):
+        return  # the writer would add a line ending (as Exim does)
+    again = intake.parse_bsmtp(restuff(batch.sender, batch.recipients, batch.data))
+    assert again == batch, (again, batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# dmarc_record
+
+
+def dmarc_record(data: bytes) -> None:
+    """Never raises; an applicable record written back parses to the same policy."""
+    record = dmarcrecord.parse_record(data)
+    if record is None:
+        return
+    assert isinstance(record.p, Policy)
+    assert record.psd in ("y", "n", "u")
+    assert all(isinstance(problem, str) for problem in record.problems)
+    if not record.applicable:
+        return
+    tags = [f"p={record.p.value}"]
+    if record.sp is not None:
+        tags.append(f"sp={record.sp.value}")
+    if record.np is not None:
+        tags.append(f"np={record.np.value}")
+    tags += [f"psd={record.psd}", f"t={'y' if record.testing else 'n'}"]
+    tags += [f"adkim={'s' if record.strict_dkim else 'r'}"]
+    tags += [f"aspf={'s' if record.strict_spf else 'r'}"]
+    again = dmarcrecord.parse_record(("v=DMARC1; " + "; ".join(tags)).encode())
+    assert again is not None
+    fields = ("p", "sp", "np", "psd", "testing", "strict_dkim", "strict_spf", "applicable")
+    assert [getattr(again, f) for f in fields] == [getattr(record, f) for f in fields]
+
+
+# ---------------------------------------------------------------------------------------------
+# from_domains
+
+
+def from_domains(data: bytes) -> None:
+    """Domains are lower-case A-labels, capped; a From field on top adds its domain in front."""
+    first = dmarc.from_domains(Message(b"From: " + data + b"\n\nbody\n"))
+    if isinstance(first, list):
+        assert 0 < len(first) <= dmarc.MAX_AUTHOR_DOMAINS + 1
+        assert len(set(first)) == len(first)
+        for domain in first:
+            assert len(domain) <= 253, domain
+            assert _DOMAIN.match(domain), domain
+        before = first
+    else:
+        assert isinstance(first, str)
+        before = []
+    second = dmarc.from_domains(Message(b"From: a@zz.example\nFrom: " + data + b"\n\nbody\n"))
+    expected = ["zz.example", *(d for d in before if d != "zz.example")]
+    assert second == expected[: dmarc.MAX_AUTHOR_DOMAINS + 1], (second, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# authresults
+
+
+class Bytes:
+    """Consumes fuzzer bytes as small integers and strings (a tiny FuzzedDataProvider)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def number(self, limit: int) -> int:
+        """An integer in ``range(limit)``; 0 once the bytes run out."""
+        if self.position >= len(self.data):
+            return 0
+        value = self.data[self.position]
+        self.position += 1
+        return value % limit
+
+    def text(self) -> str | None:
+        """None, or a string of up to 63 bytes decoded as UTF-8 (replacement characters kept)."""
+        size = self.number(65) - 1
+        if size < 0:
+            return None
+        chunk = self.data[self.position : self.position + size]
+        self.position += size
+        return chunk.decode("utf-8", "replace")
+
+    def pick(self, choices: tuple[object, ...]) -> object:
+        return choices[self.number(len(choices))]
+
+
+RESULTS = tuple(Result)
+POLICIES = (None, *Policy)
+
+
+def report_from(data: bytes) -> tuple[AuthReport, str | None]:
+    """An AuthReport (and a sender domain) whose every value comes from the bytes."""
+    given = Bytes(data)
+    spf = SpfResult(
+        given.pick(RESULTS),  # type: ignore[arg-type]
+        "helo" if given.number(2) else "mailfrom",
+        given.text(),
+    )
+    signatures = tuple(
+        DkimResult(
+            result=given.pick(RESULTS),  # type: ignore[arg-type]
+            domain=given.text(),
+            selector=given.text(),
+            algorithm=given.text(),
+            covers_body=bool(given.number(2)),
+            b_prefix=given.text(),
+        )
+        for _ in range(given.number(5))
+    )
+    result = DmarcResult(
+        given.pick(RESULTS),  # type: ignore[arg-type]
+        given.text(),
+        given.pick(POLICIES),  # type: ignore[arg-type]
+    )
+    return AuthReport(spf=spf, dkim=signatures, dmarc=result), given.text()
+
+
+def authresults_render(data: bytes) -> None:
+    """Rendered A-R is printable, folded ASCII that parses back to the same words and values."""
+    import authres  # what an MUA or a downstream filter would parse our field with
+
+    report, sender_domain = report_from(data)
+    rendered = authresults.render(AUTHSERV, report, sender_domain)
+    for eol in (b"\n", b"\r\n"):
+        field = rendered.field(eol)
+        lines = field.split(eol)
+        assert all(re.fullmatch(rb"[\t\x20-\x7e]+", line) for line in lines), field
+        assert all(line.startswith(b"\t") for line in lines[1:])
+    parsed = authres.AuthenticationResultsHeader.parse(f"Authentication-Results: {rendered.value}")
+    assert parsed.authserv_id == AUTHSERV
+    got = [(r.method, r.result) for r in parsed.results]
+    dkim = [("dkim", sig.result.value) for sig in report.dkim] or [("dkim", "none")]
+    assert got == [("spf", report.spf.result.value), *dkim, ("dmarc", report.dmarc.result.value)]
+    # A property value is either absent or exactly a valid value from the report: nothing from
+    # the message or DNS can add a result or a property of its own.
+    allowed = {v for v in (report.spf.domain, sender_domain, report.dmarc.domain) if v is not None}
+    for sig in report.dkim:
+        allowed.update(v for v in (sig.domain, sig.selector, sig.algorithm, sig.b_prefix) if v)
+    if report.dmarc.policy is not None:
+        allowed.add(report.dmarc.policy.value)
+    for item in parsed.results:
+        for prop in item.properties:
+            assert prop.value in allowed, (prop.type, prop.name, prop.value)
+
+
+TOKENS = Path(__file__).resolve().parent / "tokens.dict"
+
+
+def tokens() -> list[bytes]:
+    """The libFuzzer dictionary's tokens (``"..."`` lines, ``\\xNN`` escapes), for Hypothesis."""
+    found = []
+    for line in TOKENS.read_text("ascii").splitlines():
+        line = line.strip()
+        if line.startswith('"') and line.endswith('"'):
+            found.append(line[1:-1].encode("latin-1").decode("unicode_escape").encode("latin-1"))
+    return found
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "message": message,
+    "bsmtp": bsmtp,
+    "dmarc_record": dmarc_record,
+    "from_domains": from_domains,
+    "authresults": authresults_render,
+}
