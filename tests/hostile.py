@@ -75,8 +75,6 @@ class HostileMessage:
     dkim: tuple[str, ...] = ()  # one word per DKIM-Signature field; () renders "dkim=none"
     # Selectors (s=) of DKIM keys the case needs published at sender.example.
     selectors: tuple[str, ...] = ()
-    # Set when the filter is known to get this case wrong: what goes wrong (the test xfails).
-    known_bug: str = ""
 
     def delivered_tail(self) -> bytes:
         """The bytes that must follow our A-R field on delivery: the original minus ``forged``."""
@@ -227,11 +225,10 @@ def _structure() -> Iterator[HostileMessage]:
     yield HostileMessage(
         "continuation-first",
         b" ; dmarc=pass header.from=reject.example\nFrom: ceo@reject.example\n\nbody\n",
-        DELIVER,
-        "the first line is a continuation: no header section (as Postfix reads it)",
+        QUARANTINE,
+        "the first line is a continuation: our A-R field would swallow it and expose the From "
+        "after it unchecked, so the message is quarantined",
         dmarc=PERMERROR_NO_FROM,
-        known_bug="the leading continuation line joins our prepended A-R field, and the From "
-        "after it becomes a header field the checks never saw",
     )
     yield HostileMessage(
         "header-1mb-line",
@@ -263,11 +260,10 @@ def _structure() -> Iterator[HostileMessage]:
     yield HostileMessage(
         "headers-25000-then-spoofed-from",
         b"X:\n" * 25_000 + b"From: ceo@reject.example\n\nbody\n",
-        BOUNCE,
-        "25,000 tiny header fields (75 KB) before a From naming a p=reject domain",
-        dmarc="fail",
-        known_bug="fields after the 20,000th (message.MAX_HEADER_FIELDS) are taken for the "
-        "body: the From is never evaluated (DMARC permerror) and the message is delivered",
+        QUARANTINE,
+        "25,000 tiny header fields (75 KB) before a From: past the 20,000-field cap, unchecked, "
+        "so the message is quarantined",
+        dmarc=PERMERROR_NO_FROM,
     )
     yield HostileMessage(
         "folded-10000-lines",

@@ -36,7 +36,7 @@ from scatterguard import envelope as envelope_mod
 from scatterguard import intake, pipeline
 from scatterguard.config import Config, DkimConfig, DnsConfig
 from scatterguard.envelope import Envelope
-from scatterguard.message import Message
+from scatterguard.message import MAX_HEADER_FIELDS, Message
 from scatterguard.quarantine import Store
 from scatterguard.resolver import Resolver
 from signing import Signer
@@ -58,23 +58,7 @@ def _cases() -> dict[str, HostileMessage]:
     return {case.name: case for case in hostile.messages(_signer)}
 
 
-def _params(cases: Sequence[HostileMessage], *, bugs: bool = True) -> list[Any]:
-    """One pytest.param per case; a case with a known bug is a strict xfail that names it."""
-    return [
-        pytest.param(
-            case.name,
-            id=case.name,
-            marks=[pytest.mark.xfail(strict=True, reason=case.known_bug)]
-            if case.known_bug and bugs
-            else [],
-        )
-        for case in cases
-    ]
-
-
-MESSAGES = _params(list(_cases().values()))
-# The known bugs are in the checks and in prepending, not in reading the batch.
-BSMTP_MESSAGES = _params(list(_cases().values()), bugs=False)
+MESSAGES = [pytest.param(name, id=name) for name in _cases()]
 ENVELOPES = {case.name: case for case in hostile.envelopes()}
 
 
@@ -207,9 +191,12 @@ def assert_delivered(case: HostileMessage, delivered: bytes) -> bytes:
     # Prepending adds exactly one field and leaves every other field where it was: the message
     # an MUA reads has no field that the checks did not see (nor anything glued onto ours).
     after = Message(delivered)
-    before = Message(tail)
+    before = [h.raw(tail) for h in Message(tail).headers]
     assert after.headers[0].raw(delivered) == field
-    assert [h.raw(delivered) for h in after.headers[1:]] == [h.raw(tail) for h in before.headers]
+    kept = [h.raw(delivered) for h in after.headers[1:]]
+    # Past MAX_HEADER_FIELDS our reading stops (a trusted client's message may go there).
+    assert kept == before[: len(kept)]
+    assert len(kept) == len(before) or len(after.headers) == MAX_HEADER_FIELDS
     return field
 
 
@@ -334,37 +321,56 @@ def _in_process(
     return outcome, sent, log
 
 
-@pytest.mark.parametrize("name", MESSAGES)
+# Known bugs, by test id: each is a strict xfail that says what goes wrong.
+KNOWN_BUGS = {
+    "continuation-first-trusted": "a trusted client's message that starts with a continuation "
+    "line is delivered, and that line joins our A-R field (Postfix and Exim prepend Received, "
+    "so only a caller other than the MTA can get there)",
+}
+IN_PROCESS = [
+    pytest.param(
+        name,
+        label,
+        id=f"{name}-{label}",
+        marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f"{name}-{label}"])]
+        if f"{name}-{label}" in KNOWN_BUGS
+        else [],
+    )
+    for name in _cases()
+    for label in SENDERS
+]
+
+
+@pytest.mark.parametrize(("name", "label"), IN_PROCESS)
 def test_hostile_message_in_process(
-    tmp_path: Path, dns_server: DnsServer, resolver: Resolver, name: str
+    tmp_path: Path, dns_server: DnsServer, resolver: Resolver, name: str, label: str
 ) -> None:
-    """Under every kind of sender the exit code is allowed and the bytes are exact."""
+    """Under every kind of sender the outcome is allowed and the bytes are exact."""
     case = _cases()[name]
     _prepare(dns_server, case)
-    for label, (envelope, allowed) in SENDERS.items():
-        directory = tmp_path / label
-        outcome, sent, log = _in_process(case.data, envelope, resolver, directory)
-        [line] = log.lines
-        action = line["action"]
-        assert action in (allowed or {case.expect}), (label, line)
-        assert outcome.code == EXIT_CODES[action]
-        if outcome.code == 69:
-            assert line["verified"] is True
-        assert "error" not in line, line
-        entries = Store(directory).entries() if directory.exists() else []
-        if action == DELIVER:
-            [delivered] = sent
-            assert_delivered(case, delivered)
-        else:
-            assert sent == []
-        if action == QUARANTINE:
-            [entry] = entries
-            assert Store(directory).get(entry.id)[1] == case.data
-        else:
-            assert entries == []
+    envelope, allowed = SENDERS[label]
+    outcome, sent, log = _in_process(case.data, envelope, resolver, tmp_path)
+    [line] = log.lines
+    action = line["action"]
+    assert action in (allowed or {case.expect}), line
+    assert outcome.code == EXIT_CODES[action]
+    if outcome.code == 69:
+        assert line["verified"] is True
+    assert "error" not in line, line
+    entries = Store(tmp_path).entries()
+    if action == DELIVER:
+        [delivered] = sent
+        assert_delivered(case, delivered)
+    else:
+        assert sent == []
+    if action == QUARANTINE:
+        [entry] = entries
+        assert Store(tmp_path).get(entry.id)[1] == case.data
+    else:
+        assert entries == []
 
 
-@pytest.mark.parametrize("name", BSMTP_MESSAGES)
+@pytest.mark.parametrize("name", MESSAGES)
 def test_hostile_message_through_bsmtp(name: str) -> None:
     """Dot-stuffed by Exim's rules and read back, the message is byte for byte the original."""
     case = _cases()[name]

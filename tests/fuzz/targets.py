@@ -73,9 +73,11 @@ def message(data: bytes) -> None:
     assert len(out) == len(field) + len(msg.linesep) + len(data) - removed
 
     # Read back, the prepended field is exactly ours and every other field is where it was. A
-    # first line that starts with white space (a continuation of nothing) is the known exception
-    # (tests/test_hostile.py, case continuation-first): it would fold into our field.
-    if data[:1] not in (b" ", b"\t") and len(msg.headers) < MAX_HEADER_FIELDS:
+    # first line that starts with white space would fold into our field: such a message must be
+    # flagged (Message.problem), and the filter quarantines it instead of delivering it.
+    if data[:1] in (b" ", b"\t"):
+        assert msg.problem is not None
+    if msg.problem is None and len(msg.headers) < MAX_HEADER_FIELDS:
         plain = msg.with_header(field)
         again = Message(plain)
         assert again.headers[0].raw(plain) == field + msg.linesep
