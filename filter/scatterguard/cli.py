@@ -1,21 +1,19 @@
-"""The command line (``filter``, ``check``, ``quarantine``); ``main()`` returns the exit code.
+"""The command line: filter, check, serve, quarantine; ``main()`` returns the exit code.
 
-Only the standard library is imported at the top: in filter mode every failure, even a failing
-import of a dependency, must become exit 75 with one status line, never a traceback and exit 1
-(Postfix bounces on any status but 0 and 75, and on a crash).
+Only light parts of the standard library are imported at the top: in filter mode every failure,
+even a failing import of a dependency, must become exit 75 with one status line, never a
+traceback and exit 1 (Postfix bounces on any status but 0 and 75, and on a crash); and when a
+server runs, the filter hands the message over before it imports anything else.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING
 
 from scatterguard import __version__
 from scatterguard.errors import (
@@ -27,19 +25,25 @@ from scatterguard.errors import (
 )
 from scatterguard.startup import skip_unused_optional_imports
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any, NoReturn, TextIO
+
 EX_FAIL = 1
 EX_USAGE = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that raises UsageError instead of printing and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, as DESIGN.md §Contract describes it."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        """An ArgumentParser that raises UsageError instead of printing and exiting."""
+
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(message)
+
     parser = _Parser(prog="scatterguard", description="After-queue SPF/DKIM/DMARC mail filter.")
     parser.add_argument("--version", action="version", version=f"scatterguard {__version__}")
     parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
@@ -135,7 +139,7 @@ def _filter_main(argv: Sequence[str]) -> int:
         raise SystemExit(EX_TEMPFAIL)
 
     signal.signal(signal.SIGTERM, terminate)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"argv": argv}
     try:
         code, status = _filter(argv, state)
     except BaseException as exc:  # noqa: BLE001 - nothing may escape: 75 means "retry later"
@@ -149,6 +153,9 @@ def _filter_main(argv: Sequence[str]) -> int:
 
 
 def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None]:
+    reply = _hand_over(argv)
+    if reply is not None:
+        return reply
     from scatterguard import config as config_mod
 
     config = None
@@ -163,9 +170,6 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
         state["config"] = config or config_mod.Config()
         raise
     state["config"] = config
-    reply = _hand_over(argv, config)
-    if reply is not None:
-        return reply
     from scatterguard import journal, pipeline
     from scatterguard.resolver import Resolver
 
@@ -182,17 +186,37 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
     return outcome.code, outcome.status
 
 
-def _hand_over(argv: Sequence[str], config: Any) -> tuple[int, str | None] | None:
+def _hand_over(argv: Sequence[str]) -> tuple[int, str | None] | None:
     """Give the message to a running ``scatterguard serve``; None when there is none.
 
-    Once the request is sent there is no way back (the server may have read stdin), so any
-    failure after that is a deferral. The client waits a little longer than the server's own
-    deadline, so a message the server is still working on is never retried in parallel.
+    This runs first, with only the configuration file's ``timeout`` and ``server.socket`` read:
+    the server validates and uses its own configuration, and when there is no server (or the
+    file cannot be read here) the full path below reports what is wrong. Once the request is
+    sent there is no way back (the server may have read stdin), so any failure after that is a
+    deferral. The client waits a little longer than the server's own deadline, so a message
+    the server is still working on is never retried in parallel.
     """
-    from scatterguard import handover
+    import tomllib
 
-    deadline = time.monotonic() + config.timeout + min(10.0, 1.0 + config.timeout / 10)
-    sock = handover.connect(config.server.socket, config.timeout)
+    from scatterguard import duration, handover
+
+    path = _config_argument(argv) or os.environ.get("SCATTERGUARD_CONFIG") or None
+    try:
+        with open(path or handover.DEFAULT_CONFIG, "rb") as handle:
+            data = tomllib.load(handle)
+        server = data.get("server", {})
+        socket_path = server.get("socket", handover.DEFAULT_SOCKET)
+        timeout = duration.parse(data.get("timeout", handover.DEFAULT_TIMEOUT))
+    except FileNotFoundError:
+        if path is not None:
+            return None
+        socket_path, timeout = handover.DEFAULT_SOCKET, handover.DEFAULT_TIMEOUT
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if not isinstance(socket_path, str) or timeout <= 0:
+        return None
+    deadline = time.monotonic() + timeout + min(10.0, 1.0 + timeout / 10)
+    sock = handover.connect(socket_path, timeout)
     if sock is None:
         return None
     with sock:
@@ -218,8 +242,13 @@ def _log_failure(state: dict[str, Any], exc: BaseException) -> None:
         from scatterguard import journal, pipeline
 
         logger = state.get("logger")
-        if logger is None and state.get("config") is not None:
-            logger = journal.setup(state["config"].log)
+        if logger is None:
+            config = state.get("config")
+            if config is None:
+                from scatterguard import config as config_mod
+
+                config = config_mod.load(_config_argument(state.get("argv", ())))
+            logger = journal.setup(config.log)
         if logger is not None:
             logger.info(
                 "message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc)
@@ -258,6 +287,8 @@ def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     evaluation = pipeline.evaluate(message, envelope, config, resolver, time.time())
     document = explain(evaluation)
     if args.json:
+        import json
+
         json.dump(document, out, indent=2)
         out.write("\n")
     else:

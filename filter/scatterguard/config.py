@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from scatterguard import duration, handover
 from scatterguard.errors import ConfigError
 
-DEFAULT_PATH = Path("/etc/scatterguard/scatterguard.toml")
+DEFAULT_PATH = Path(handover.DEFAULT_CONFIG)
 ENV_VAR = "SCATTERGUARD_CONFIG"
 DEFAULT_REINJECT = ("/usr/sbin/sendmail", "-G", "-i", "-f", "{sender}", "--", "{recipients}")
 
@@ -75,7 +76,7 @@ class ServerConfig:
     is absent (or ``socket`` is empty), ``filter`` does the work in-process.
     """
 
-    socket: str = "/run/scatterguard/scatterguard.sock"
+    socket: str = handover.DEFAULT_SOCKET
     workers: int = 0  # 0: one per CPU
     # Users whose processes may hand messages over (SO_PEERCRED), besides root and the server's
     # own user (the one Postfix's and Exim's hooks run the filter as).
@@ -92,7 +93,7 @@ class Config:
         ipaddress.ip_network("::1/128"),
     )
     defer_max_age: float = 4 * 3600.0
-    timeout: float = 300.0
+    timeout: float = handover.DEFAULT_TIMEOUT
     dns: DnsConfig = DnsConfig()
     dkim: DkimConfig = DkimConfig()
     reinject: ReinjectConfig = ReinjectConfig()
@@ -104,8 +105,6 @@ class Config:
 
 _T = TypeVar("_T")
 _D = TypeVar("_D")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*\Z")
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"\s*(\d+)\s*(|k|kb|kib|m|mb|mib|g|gb|gib)\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # RFC 8601 §2.5: authserv-id is a value (token or quoted-string); we accept hostname-like tokens.
@@ -282,14 +281,7 @@ def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
 
 def _duration(value: Any) -> float:
     """Seconds as a number, or a string such as ``"30s"``, ``"5m"``, ``"4h"``, ``"2d"``."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value!r}")
-        return float(value)
-    match = _DURATION.match(_string(value))
-    if match is None:
-        raise ValueError(f'expected a duration such as "30s", "5m" or "4h", got {value!r}')
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return duration.parse(value)
 
 
 def _size(value: Any) -> int:

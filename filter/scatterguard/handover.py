@@ -11,7 +11,8 @@ The server acts (re-injects or quarantines) before it answers, and only on a com
 the server is absent the client does the work itself; if it fails after the hand-over — it dies,
 stalls past the deadline, or answers garbage — the client exits 75 and the MTA retries.
 
-Only the standard library is used: the client side runs in every filter process.
+Only light parts of the standard library are imported (no dataclasses, typing or argparse):
+the client side runs in every filter process, before anything else.
 """
 
 from __future__ import annotations
@@ -22,10 +23,17 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+# Where the filter looks for its configuration and, by default, for the server. The fast path
+# reads them before the config module (and its imports) is loaded; config.py takes them from here.
+DEFAULT_CONFIG = "/etc/scatterguard/scatterguard.toml"
+DEFAULT_SOCKET = "/run/scatterguard/scatterguard.sock"
+DEFAULT_TIMEOUT = 300.0
 VERSION = 1
 MAX_FRAME = 1 << 20
 _LENGTH = struct.Struct("!I")
@@ -36,23 +44,29 @@ class HandoverError(Exception):
     """The exchange with the server broke off or made no sense."""
 
 
-@dataclass(frozen=True)
 class Request:
     """What the server received: the filter's argv, its SCATTERGUARD_* environment, stdin."""
 
-    argv: list[str]
-    env: dict[str, str]
-    stdin_fd: int
-    peer_uid: int
-    peer_pid: int
+    __slots__ = ("argv", "env", "peer_pid", "peer_uid", "stdin_fd")
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], stdin_fd: int, peer_uid: int, peer_pid: int
+    ) -> None:
+        self.argv = argv
+        self.env = env
+        self.stdin_fd = stdin_fd
+        self.peer_uid = peer_uid
+        self.peer_pid = peer_pid
 
 
-@dataclass(frozen=True)
 class Reply:
     """The filter's outcome as the server decided and acted on it."""
 
-    code: int
-    status: str | None
+    __slots__ = ("code", "status")
+
+    def __init__(self, code: int, status: str | None) -> None:
+        self.code = code
+        self.status = status
 
 
 def connect(path: str, timeout: float) -> socket.socket | None:

@@ -113,14 +113,16 @@ def _decide(report: AuthReport, envelope: Envelope, knobs: Knobs, age: float | N
     verified = verified_why is not None
     reasons: list[str] = []
 
+    # A message whose header section we cannot read the way its reader will is kept, not sent:
+    # neither delivering what we did not check nor bouncing what we could not read is safe. This
+    # comes before trust: a prepended A-R field would swallow a leading continuation line even
+    # from a trusted client, letting it write inside our own header.
+    if report.malformed is not None:
+        return Decision(Action.QUARANTINE, verified, (f"malformed message: {report.malformed}",))
+
     # Rule 1: authenticated or trusted clients are delivered.
     if trusted is not None:
         return Decision(Action.DELIVER, verified, (trusted,))
-
-    # A message whose header section we cannot read the way its reader will is kept, not sent:
-    # neither delivering what we did not check nor bouncing what we could not read is safe.
-    if report.malformed is not None:
-        return Decision(Action.QUARANTINE, verified, (f"malformed message: {report.malformed}",))
 
     dmarc = report.dmarc
     spf = report.spf
