@@ -23,7 +23,9 @@ import os
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING
+
+# typing itself costs ~3 ms to import; mypy treats this name as True all the same.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
