@@ -272,11 +272,14 @@ def _status_line(status: str) -> None:
 def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     from scatterguard import config as config_mod
     from scatterguard import envelope as envelope_mod
-    from scatterguard import intake, pipeline
+    from scatterguard import intake, journal, pipeline
     from scatterguard.message import Message
     from scatterguard.resolver import Resolver
 
+    started = time.monotonic()
     config = config_mod.load(args.config)
+    # check logs its one line to stderr (the explanation goes to stdout), never to syslog.
+    logger = journal.setup(config.log, stderr=True)
     message = Message(intake.read_all(stdin))
     sender = args.sender
     if sender is None:
@@ -288,6 +291,7 @@ def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     )
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
     evaluation = pipeline.evaluate(message, envelope, config, resolver, time.time())
+    pipeline.log_line(logger, message, envelope, evaluation, pipeline.Outcome(EX_OK), started)
     document = explain(evaluation)
     if args.json:
         import json
