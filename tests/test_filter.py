@@ -10,12 +10,20 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dnsserver import DnsServer
 from fakes import FakeSendmail
+from scatterguard.config import Config, QuarantineConfig
+from scatterguard.envelope import from_values
+from scatterguard.pipeline import Outcome, run_filter
+from scatterguard.quarantine import Store
+from scatterguard.resolver import Answer, Resolver
 
 ZONE = """
 sender.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
@@ -320,3 +328,97 @@ def test_one_log_line_per_message_that_cannot_be_forged(mta: Filter) -> None:
     assert "action='deliver'" in lines[0]
     assert "queue_id='4AbCdE'" in lines[0]
     assert lines[0].startswith("<22>")  # facility mail (2 * 8) + info (6)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process: the same pipeline with a recording re-injector, for properties and injected faults.
+
+
+class _Recorder:
+    """A re-injector that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, ...], bytes]] = []
+
+    def __call__(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
+        self.calls.append((sender, tuple(recipients), data))
+
+
+class _Quiet:
+    def info(self, event: str, **values: object) -> None:
+        self.last = values
+
+    error = info
+
+
+def _in_process(resolver: Resolver, data: bytes, tmp: Path) -> tuple[Outcome, _Recorder]:
+    config = Config(authserv_id=AUTHSERV, quarantine=QuarantineConfig(directory=tmp / "q"))
+    recorder = _Recorder()
+    env = from_values(
+        "alice@sender.example", ["bob@rcpt.example"], {"client_address": "192.0.2.5"}, {}
+    )
+    outcome = run_filter(
+        data,
+        env,
+        config,
+        reinjector=recorder,
+        quarantine=Store(tmp / "q"),
+        resolver=resolver,
+        logger=_Quiet(),
+    )
+    return outcome, recorder
+
+
+header_line = st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(header_line, max_size=6),
+    body=st.binary(max_size=3000),
+    eol=st.sampled_from([b"\n", b"\r\n"]),
+    forged=st.booleans(),
+)
+def test_delivered_bytes_are_header_plus_original(
+    tmp_path: Path,
+    dns_server: DnsServer,
+    values: list[bytes],
+    body: bytes,
+    eol: bytes,
+    forged: bool,
+) -> None:
+    """For arbitrary header and body bytes, what is re-injected is our A-R field + the original."""
+    dns_server.records.add_text(ZONE)
+    resolver = Resolver([(dns_server.host, dns_server.port)], timeout=0.5)
+    ours = b"Authentication-Results: " + AUTHSERV.encode() + b"; dmarc=pass" + eol
+    fields = [b"From: alice@sender.example" + eol]
+    fields += [b"X-Test-%d: " % i + value + eol for i, value in enumerate(values)]
+    original = b"".join(fields) + eol + body
+    data = (ours if forged else b"") + original
+    outcome, recorder = _in_process(resolver, data, tmp_path)
+    assert outcome.code == 0
+    [(sender, recipients, sent)] = recorder.calls
+    assert (sender, recipients) == ("alice@sender.example", ("bob@rcpt.example",))
+    head, separator, rest = sent.partition(eol + b"From: ")
+    assert separator
+    assert head.startswith(b"Authentication-Results: " + AUTHSERV.encode() + b";")
+    assert b"From: " + rest == original
+
+
+class _Exploding(Resolver):
+    """A resolver with a bug: every lookup raises."""
+
+    def query(self, name: str, rdtype: str) -> Answer:
+        raise RuntimeError("bug in a check")
+
+
+def test_exception_inside_a_check_defers(tmp_path: Path) -> None:
+    """An exception raised inside the checks ends in exit 75 with nothing sent or kept."""
+    outcome, recorder = _in_process(_Exploding([("127.0.0.1", 9)]), message(), tmp_path)
+    assert outcome.code == 75
+    assert outcome.status is not None
+    assert outcome.status.startswith("4.")
+    assert recorder.calls == []
+    assert not (tmp_path / "q").exists() or not any((tmp_path / "q").iterdir())
