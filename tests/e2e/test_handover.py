@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 @pytest.mark.parametrize(
     "kill",
     [
-        pytest.param("worker", id="worker-killed-master-replaces-it"),
-        pytest.param("server", id="server-killed-new-server-started"),
-        pytest.param("server-gone", id="server-killed-retry-in-process"),
+        pytest.param("worker", id="worker-killed"),
+        pytest.param("server", id="server-killed-then-new-server"),
+        pytest.param("server-gone", id="server-killed-then-none"),
     ],
 )
 def test_server_killed_mid_message_defers_then_delivers_once(world: World, kill: str) -> None:
