@@ -41,6 +41,7 @@ from e2e.harness import (
     ResidentServer,
     all_mail,
     clear_mailboxes,
+    exclusive_mtas,
     install_filter,
     is_dsn,
     mailbox,
@@ -64,7 +65,14 @@ def dkim_key() -> DkimKey:
 
 
 @pytest.fixture(scope="session")
-def filter_installed() -> None:
+def mtas_to_ourselves() -> Iterator[None]:
+    """No other e2e session (or other holder of the same lock) drives the MTAs meanwhile."""
+    with exclusive_mtas():
+        yield
+
+
+@pytest.fixture(scope="session")
+def filter_installed(mtas_to_ourselves: None) -> None:
     """The checkout, installed into the venv the MTAs run the filter from (once a session).
 
     SCATTERGUARD_E2E_KEEP_FILTER=1 keeps whatever the venv holds, to try a build by hand.

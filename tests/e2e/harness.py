@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import fcntl
 import json
 import os
 import pwd
@@ -51,6 +52,7 @@ EXIM_ROOT = PREFIX / "exim4"
 FILTER = Path("/usr/bin/scatterguard")
 EXIM = Path("/usr/sbin/exim4")
 RUN = Path("/run/scatterguard-e2e")
+LOCK = Path("/run/scatterguard-e2e.lock")
 QUARANTINE = Path("/var/lib/scatterguard-e2e/quarantine")
 CONFIG = Path("/etc/scatterguard/scatterguard.toml")
 # The resident server's socket, in a directory every user can traverse (as systemd's
@@ -140,6 +142,33 @@ def wait_for(
             details = f"\n{report()}" if report else ""
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{details}")
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def exclusive_mtas(timeout: float = 1800) -> Iterator[None]:
+    """Hold the lock that keeps two programs from driving these MTAs at the same time.
+
+    An e2e session reinstalls the filter, rewrites /etc/postfix, the Exim configuration and
+    /etc/scatterguard, restarts Postfix and empties the mailboxes: two sessions at once (or a
+    session and a benchmark doing the same) spoil each other's results. Whoever comes second
+    waits here for the first to finish.
+    """
+    with LOCK.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"another program held {LOCK} for {timeout:g}s: it still drives the MTAs"
+                    ) from None
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- the filter --------------------------------------------------------------------------------
