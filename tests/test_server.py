@@ -299,3 +299,24 @@ def test_foreign_user_is_refused(served: tuple[Filter, Server], tmp_path: Path) 
     assert done.stdout.startswith(b"4.7.0 ")
     assert mta.sendmail.calls == []
     shutil.rmtree(public)
+
+
+def test_serve_reports_an_unusable_socket_path(tmp_path: Path) -> None:
+    """A socket path the server cannot bind is a clear one-line error, not a traceback."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scatterguard",
+            "serve",
+            "--socket",
+            str(tmp_path / "no" / "s.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("scatterguard: server.socket: cannot listen on")
+    assert "Traceback" not in done.stderr

@@ -83,10 +83,14 @@ def listen(path: str) -> socket.socket:
                 probe.close()
                 raise ConfigError(f"another server is already listening on {path}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    # Anyone may connect; who may hand over is decided per connection by SO_PEERCRED.
-    os.chmod(path, 0o666)  # noqa: S103 - connecting grants nothing without the right peer
-    sock.listen(128)
+    try:
+        sock.bind(path)
+        # Anyone may connect; who may hand over is decided per connection by SO_PEERCRED.
+        os.chmod(path, 0o666)  # noqa: S103 - connecting grants nothing without the right peer
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"server.socket: cannot listen on {path}: {exc.strerror}") from None
     return sock
 
 
