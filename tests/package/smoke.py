@@ -288,6 +288,17 @@ def smoke_filter(cfg: Path, work: Path, signed: bytes, forged: bytes) -> None:
         "it is the one entry in the packaged quarantine directory",
         listing,
     )
+    # What scatterguard-purge.service runs (as this user): the fresh entry is younger than
+    # purge_after_days, so it stays.
+    purge = run(
+        [SCATTERGUARD, "--config", str(cfg), "quarantine", "purge"], b"", user="scatterguard"
+    )
+    listing = run([SCATTERGUARD, "--config", str(cfg), "quarantine", "list", "--json"], b"")
+    expect(
+        purge.returncode == 0 and len(json.loads(listing.stdout)) == 1,
+        "the purge timer's command runs as scatterguard and keeps a fresh entry",
+        purge,
+    )
 
     done = run(
         [
