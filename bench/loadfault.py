@@ -219,8 +219,13 @@ class Account:
 
     @property
     def failed(self) -> bool:
+        # A message that ended somewhere it should not (a forgery delivered, a good message
+        # quarantined) is a failure too, not only a loss.
         return bool(
-            self.rows["lost"] or self.rows["duplicated"] or self.rows["bounces to unverified"]
+            self.rows["lost"]
+            or self.rows["duplicated"]
+            or self.rows["bounces to unverified"]
+            or self.rows["unexpected outcome"]
         )
 
 
@@ -448,7 +453,8 @@ def load_and_faults(
             print(f"  {line}")
     if result.failed:
         print(
-            "\nFAILED: a message was lost or duplicated, or a bounce went to an unverified sender"
+            "\nFAILED: a message was lost, duplicated or misrouted, or a bounce went to an"
+            " unverified sender"
         )
         return 1
     return 0
