@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import random
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,9 @@ class Envelope:
             f"--sender={self.sender}",
             f"--client-address={CLIENT_IP}",
             f"--helo={HELO}",
-            "--queue-id=4XyZ1234",
+            # A new queue id per run, as the MTA gives: the filter records re-injected queue
+            # ids and would skip a repeat as a retry of a delivery it already made.
+            f"--queue-id=4{secrets.token_hex(5).upper()}",
             "--sasl-user=",
             "--",
             *self.recipients,

@@ -422,3 +422,27 @@ def test_exception_inside_a_check_defers(tmp_path: Path) -> None:
     assert outcome.status.startswith("4.")
     assert recorder.calls == []
     assert not (tmp_path / "q").exists() or not any((tmp_path / "q").iterdir())
+
+
+def test_retry_after_a_delivery_is_not_delivered_twice(mta: Filter) -> None:
+    """A retry of a message already re-injected (the filter was killed before exiting) exits 0
+    without a second copy; another queue id is delivered as usual."""
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4RetryMe")
+    assert mta.run(args, message()).returncode == 0
+    again = mta.run(args, message())
+    assert (again.returncode, again.stdout, again.stderr) == (0, b"", b"")
+    assert len(mta.sendmail.calls) == 1
+    assert any("already re-injected" in line for line in mta.syslog.lines())
+    other = envelope("alice@sender.example", "192.0.2.5", queue_id="4Another")
+    assert mta.run(other, message()).returncode == 0
+    assert len(mta.sendmail.calls) == 2
+
+
+def test_failed_reinjection_leaves_no_marker(mta: Filter) -> None:
+    """Only a re-injection that succeeded is recorded: after a failure the retry delivers."""
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4FailOnce")
+    mta.sendmail.fail_with(1)
+    assert mta.run(args, message()).returncode == 75
+    mta.sendmail.fail_with(None)
+    assert mta.run(args, message()).returncode == 0
+    assert len(mta.sendmail.calls) == 1

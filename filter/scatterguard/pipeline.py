@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Protocol
 
 from scatterguard import authresults, verdict
 from scatterguard.config import Config
+from scatterguard.delivered import DeliveryRecord
 from scatterguard.envelope import Envelope, from_values
 from scatterguard.errors import (
     EX_OK,
@@ -154,6 +155,7 @@ def log_line(
     started: float,
     error: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    note: str | None = None,
 ) -> None:
     """The one canonical line per message (no bodies, values escaped by the renderer)."""
     values: dict[str, Any] = {"ms": round((clock() - started) * 1000)}
@@ -177,11 +179,15 @@ def log_line(
             verified=evaluation.decision.reverse_path_verified,
             reasons=list(evaluation.decision.reasons),
         )
-    if outcome.code != EX_OK or evaluation is None:
+    if outcome.code != EX_OK:
         values["status"] = outcome.status
         values["action"] = {EX_UNAVAILABLE: "bounce"}.get(outcome.code, "defer")
+    elif evaluation is None:
+        values["action"] = "deliver"
     if error:
         values["error"] = error
+    if note:
+        values["note"] = note
     logger.info("message", **values)
 
 
@@ -195,6 +201,7 @@ def run_filter(
     resolver: Resolver,
     logger: Logger,
     now: Callable[[], float] = time.time,
+    delivered: DeliveryRecord | None = None,
 ) -> Outcome:
     """Filter one message whose bytes and envelope are already read; never raises."""
     started = time.monotonic()
@@ -202,8 +209,20 @@ def run_filter(
     evaluation: Evaluation | None = None
     try:
         message = Message(data)
+        key = DeliveryRecord.key(envelope, data) if delivered is not None else None
+        if delivered is not None and key is not None and delivered.seen(key):
+            # A retry of a delivery that went through before the filter was killed.
+            outcome = Outcome(EX_OK)
+            log_line(logger, message, envelope, None, outcome, started, note="already re-injected")
+            return outcome
         evaluation = evaluate(message, envelope, config, resolver, now())
         outcome = act(message, envelope, evaluation, config, reinjector, quarantine)
+        if (
+            delivered is not None
+            and key is not None
+            and evaluation.decision.action is Action.DELIVER
+        ):
+            delivered.note(key)
     except Exception as exc:  # noqa: BLE001 - every failure must end in a retry, never a loss
         outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
         log_line(logger, message, envelope, evaluation, outcome, started, error=describe(exc))
@@ -252,6 +271,7 @@ def filter_stream(
         quarantine=Store(config.quarantine.directory),
         resolver=resolver,
         logger=logger,
+        delivered=DeliveryRecord(config.quarantine.directory / "delivered"),
     )
 
 
