@@ -64,11 +64,6 @@ class Answer:
         """True when asking again later may give another outcome (SERVFAIL, timeout, error)."""
         return self.status in TEMPORARY
 
-    @property
-    def exists(self) -> bool:
-        """True when the name exists (it has data, or data of another type)."""
-        return self.status in (Status.OK, Status.NODATA)
-
     def texts(self) -> tuple[bytes, ...]:
         """For a TXT answer: each record's character-strings joined (RFC 7208 §3.3, RFC 6376)."""
         return tuple(b"".join(record.strings) for record in self.records)
