@@ -140,6 +140,11 @@ def _filter_main(argv: Sequence[str]) -> int:
         raise SystemExit(EX_TEMPFAIL)
 
     signal.signal(signal.SIGTERM, terminate)
+    # A library's warning would be printed on stderr, which Postfix copies into DSNs and logs:
+    # on exit 0 nothing may appear there.
+    import warnings
+
+    warnings.simplefilter("ignore")
     state: dict[str, Any] = {"argv": argv}
     try:
         code, status = _filter(argv, state)
