@@ -2,6 +2,8 @@
 
 The fake writes one JSON file per call (argv, stdin as base64) into a directory, and exits with
 the status found in ``<dir>/exit-status`` (0 when absent), so tests can make re-injection fail.
+With ``<dir>/delay``, it announces itself (``running-<pid>``) and sleeps that long between reading
+the message and recording it, so tests can interrupt a re-injection halfway.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ SCRIPT = """#!{python}
 import base64, json, os, sys, time
 directory = {directory!r}
 data = sys.stdin.buffer.read()
+delay_file = os.path.join(directory, "delay")
+if os.path.exists(delay_file):
+    open(os.path.join(directory, "running-%d" % os.getpid()), "w").close()
+    time.sleep(float(open(delay_file).read()))
 record = {{"argv": sys.argv[1:], "stdin": base64.b64encode(data).decode()}}
 status_file = os.path.join(directory, "exit-status")
 status = int(open(status_file).read()) if os.path.exists(status_file) else 0
@@ -58,6 +64,18 @@ class FakeSendmail:
             target.unlink(missing_ok=True)
         else:
             target.write_text(str(status))
+
+    def delay(self, seconds: float | None) -> None:
+        """Make the next calls sleep ``seconds`` before recording (None: no delay)."""
+        target = self.directory / "delay"
+        if seconds is None:
+            target.unlink(missing_ok=True)
+        else:
+            target.write_text(str(seconds))
+
+    def running(self) -> list[Path]:
+        """The announcements of delayed calls that have started."""
+        return sorted(self.directory.glob("running-*"))
 
     @property
     def calls(self) -> list[Call]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
+
+import pytest
 
 from scatterguard.delivered import KEEP_HOURS, DeliveryRecord
 from scatterguard.envelope import Envelope, from_values
+from scatterguard.errors import ReinjectError
 
 
 def _envelope(queue_id: str | None, recipients: tuple[str, ...] = ("b@y.example",)) -> Envelope:
@@ -44,3 +50,91 @@ def test_unwritable_record_is_ignored(tmp_path: Path) -> None:
     record = DeliveryRecord(blocker / "delivered")
     record.note("k1")
     assert not record.seen("k1")
+
+
+def test_claim_file_goes_after_a_normal_end_and_stays_after_an_error(tmp_path: Path) -> None:
+    """The lock file is removed when the attempt ends normally, kept when it raised (a
+    re-injection process may still hold it, and the retry must wait on that same file)."""
+    record = DeliveryRecord(tmp_path / "delivered")
+    pending = tmp_path / "delivered" / "pending"
+    with record.claim("k1") as guarded:
+        assert guarded
+        assert (pending / "k1").exists()
+    assert not (pending / "k1").exists()
+    with pytest.raises(RuntimeError), record.claim("k2"):
+        raise RuntimeError("the checks broke")
+    assert (pending / "k2").exists()
+    with record.claim("k2"):
+        pass
+    assert not (pending / "k2").exists()
+
+
+def test_claim_waits_for_the_holder(tmp_path: Path) -> None:
+    """A second claim on the same key waits until the first holder is done."""
+    record = DeliveryRecord(tmp_path / "delivered")
+    order = tmp_path / "order"
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the earlier attempt: holds the claim for a while
+        try:
+            with record.claim("k1"):
+                os.write(writer, b"x")
+                time.sleep(0.5)
+                with open(order, "a") as out:
+                    out.write("first\n")
+        finally:
+            os._exit(0)
+    os.read(reader, 1)
+    with record.claim("k1"), open(order, "a") as out:
+        out.write("second\n")
+    os.waitpid(pid, 0)
+    assert order.read_text() == "first\nsecond\n"
+
+
+def test_unwritable_directory_gives_an_unguarded_claim(tmp_path: Path) -> None:
+    """Without a writable record the message goes ahead unguarded instead of being deferred."""
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    with DeliveryRecord(blocker / "delivered").claim("k1") as guarded:
+        assert not guarded
+
+
+def test_reinjection_process_notes_success_and_reports_failure(tmp_path: Path) -> None:
+    """The child writes the marker only when the command succeeded, relays the command's
+    diagnostic when it failed, and is always reaped."""
+    record = DeliveryRecord(tmp_path / "delivered")
+    calls = tmp_path / "calls"
+
+    def good(sender: str, recipients: list[str], data: bytes) -> None:
+        with open(calls, "ab") as out:
+            out.write(data)
+
+    def bad(sender: str, recipients: list[str], data: bytes) -> None:
+        raise ReinjectError("sendmail exited with status 75: 'queue file write error'")
+
+    def crash(sender: str, recipients: list[str], data: bytes) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    record.reinject("k1", good, "a@x.example", ["b@y.example"], b"message")
+    assert calls.read_bytes() == b"message"
+    assert record.seen("k1")
+    with pytest.raises(ReinjectError, match="queue file write error"):
+        record.reinject("k2", bad, "a@x.example", ["b@y.example"], b"message")
+    assert not record.seen("k2")
+    with pytest.raises(ReinjectError, match="died before it reported"):
+        record.reinject("k3", crash, "a@x.example", ["b@y.example"], b"message")
+    assert not record.seen("k3")
+    assert _zombie_children() == []
+
+
+def _zombie_children() -> list[int]:
+    """Children of this process that exited and were never waited for."""
+    zombies = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(stat.parent.name))
+    return zombies

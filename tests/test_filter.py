@@ -6,11 +6,14 @@ server, a recording fake sendmail as re-injector, and a real UNIX-socket syslog 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -444,5 +447,105 @@ def test_failed_reinjection_leaves_no_marker(mta: Filter) -> None:
     mta.sendmail.fail_with(1)
     assert mta.run(args, message()).returncode == 75
     mta.sendmail.fail_with(None)
+    assert mta.run(args, message()).returncode == 0
+    assert len(mta.sendmail.calls) == 1
+
+
+def _wait(what: str, condition: Callable[[], bool], limit: float = 20.0) -> None:
+    end = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _start(mta: Filter, args: list[str], data: bytes) -> subprocess.Popen[bytes]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scatterguard", "--config", str(mta.config), "filter", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environ,
+    )
+    assert process.stdin is not None
+    process.stdin.write(data)
+    process.stdin.close()
+    return process
+
+
+def _reinjectors() -> list[int]:
+    """The pids of running re-injection processes (they name themselves sg-reinject)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_bytes().strip() == b"sg-reinject":
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    "retry_while_running",
+    [
+        pytest.param(False, id="retry-after-the-reinjection-finished"),
+        pytest.param(True, id="retry-while-the-reinjection-still-runs"),
+    ],
+)
+def test_filter_killed_during_reinjection_delivers_once(
+    mta: Filter, retry_while_running: bool
+) -> None:
+    """A filter SIGKILLed while the re-injection command runs: the command still completes, its
+    process records the delivery, and the MTA's retry (even one that starts at once) waits for
+    it and then exits 0 without a second copy."""
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4KillMid")
+    mta.sendmail.delay(1.5)
+    first = _start(mta, args, message())
+    _wait("the re-injection command to start", lambda: bool(mta.sendmail.running()))
+    first.kill()
+    assert first.wait(timeout=10) == -signal.SIGKILL
+    assert mta.sendmail.calls == []
+    mta.sendmail.delay(None)
+    if not retry_while_running:
+        _wait("the re-injection to finish", lambda: len(mta.sendmail.calls) == 1)
+        _wait("the re-injection process to exit", lambda: not _reinjectors())
+    retry = mta.run(args, message())
+    assert (retry.returncode, retry.stdout, retry.stderr) == (0, b"", b"")
+    assert len(mta.sendmail.calls) == 1
+    assert any("already re-injected" in line for line in mta.syslog.lines())
+
+
+def test_deadline_during_reinjection_defers_and_the_retry_delivers_once(
+    tmp_path: Path, dns_server: DnsServer
+) -> None:
+    """The filter's deadline passing during a slow re-injection defers (75) without cutting the
+    command short; the command's copy is recorded, so the retry does not deliver a second one."""
+    dns_server.records.add_text(ZONE)
+    mta = Filter(tmp_path, dns_server, timeout='"1s"')
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4SlowOne")
+    mta.sendmail.delay(3)
+    first = mta.run(args, message())
+    assert first.returncode == 75
+    assert first.stdout.startswith(b"4.")
+    mta.sendmail.delay(None)
+    retry = mta.run(args, message())
+    assert retry.returncode == 0
+    assert len(mta.sendmail.calls) == 1
+    assert any("already re-injected" in line for line in mta.syslog.lines())
+
+
+def test_killed_reinjection_process_is_retried(mta: Filter) -> None:
+    """A re-injection process killed before the command accepted the message leaves no marker:
+    the filter defers and the retry delivers."""
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4ChildDies")
+    mta.sendmail.delay(30)
+    first = _start(mta, args, message())
+    _wait("the re-injection command to start", lambda: bool(mta.sendmail.running()))
+    for pid in _reinjectors():
+        os.kill(pid, signal.SIGKILL)
+    for path in mta.sendmail.running():
+        # The command too (it would otherwise commit its copy after the retry's).
+        os.kill(int(path.name.split("-")[1]), signal.SIGKILL)
+    assert first.wait(timeout=10) == 75
+    mta.sendmail.delay(None)
     assert mta.run(args, message()).returncode == 0
     assert len(mta.sendmail.calls) == 1

@@ -1,9 +1,22 @@
-"""The record of messages already re-injected, so that a retry after a crash delivers nothing twice.
+"""The record of re-injected messages, so that a retry after a crash delivers nothing twice.
 
 The MTA retries a message whenever the filter does not exit 0, including when the filter is
-killed after the re-injection command accepted the message but before the filter exited. To keep
-such a retry from delivering a second copy, a marker named after the message is written right
-after a successful re-injection, and a retry that finds it exits 0 at once.
+killed while, or just after, the re-injection command hands the message back. Three things keep
+such a retry from delivering a second copy:
+
+- A **claim**: an exclusive lock (flock) on ``pending/<key>``, held while the message is filtered
+  and re-injected. A retry that arrives while an earlier attempt is still running waits for it.
+- A **re-injection process**: the command runs under a forked child (named ``sg-reinject``) that
+  writes the marker itself as soon as the command succeeds, and holds the claim until then. A
+  SIGKILL of the filter, its deadline, or a stopping server never interrupts it halfway: the
+  retry waits for the claim and then finds the marker. The child is bounded by the re-injection
+  command's own timeout.
+- A **marker** named after the message, written right after a successful re-injection; a retry
+  that finds it exits 0 at once.
+
+What is left is the window every store-and-forward hand-off has (RFC 1047): the re-injection
+process itself (or the MTA's command) killed after the MTA committed its copy and before the
+marker is written.
 
 A marker's name is a digest of the queue id, the envelope and the message bytes: the same
 delivery attempt of the same queue file, never a different message (a message without a queue id
@@ -15,21 +28,31 @@ killed process, whose writes the kernel keeps, not against a power failure.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from scatterguard.envelope import Envelope
+from scatterguard.errors import ReinjectError
 
 KEEP_HOURS = 48
+# The name the re-injection process shows in ps and /proc/<pid>/comm (at most 15 bytes).
+PROCESS_NAME = b"sg-reinject"
+MAX_REPORT = 2000
+# Re-injection processes left running when their parent gave up waiting (its deadline passed).
+_UNREAPED: list[int] = []
 
 
 class DeliveryRecord:
-    """Markers of re-injected messages under one directory."""
+    """Claims and markers of re-injected messages under one directory."""
 
     def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
@@ -72,11 +95,137 @@ class DeliveryRecord:
         except OSError:
             return
 
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[bool]:
+        """Hold the claim on ``key`` for the block; waits while another process holds it.
+
+        Yields False when the claim cannot be taken because the directory cannot be written:
+        the message then goes ahead unguarded, as it would without this record, rather than
+        being deferred for a safeguard's sake. The lock file is removed only when the block ends
+        normally; after an exception a re-injection process may still hold the lock, and a
+        retry must find and wait for that same file.
+        """
+        path = self.directory / "pending" / key
+        try:
+            fd = _lock(path)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+            with contextlib.suppress(OSError):
+                path.unlink()
+        finally:
+            os.close(fd)
+
+    def reinject(self, key: str, reinjector: Callable[..., None], *args: Any) -> None:
+        """Call ``reinjector(*args)`` in a child process that writes the marker on success.
+
+        The child inherits the claim's lock, so the claim outlives this process until the
+        command has finished and the marker is written. It ignores SIGTERM, SIGINT and SIGHUP
+        (a stopping server or a terminal must not cut a hand-over in half) and has no alarm
+        (fork does not inherit timers); the command's own timeout bounds it. Raises
+        ReinjectError with the command's diagnostic when the re-injection failed.
+        """
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which ends in os._exit
+            os.close(reader)
+            _child(writer, lambda: self._reinject_and_note(key, reinjector, args))
+        os.close(writer)
+        try:
+            with os.fdopen(reader, "rb") as pipe:
+                report = pipe.read()
+        except BaseException:
+            # The deadline, most likely: leave the child to finish (it holds the claim).
+            _UNREAPED.append(pid)
+            raise
+        _reap(pid, 0)
+        for orphan in list(_UNREAPED):
+            if _reap(orphan, os.WNOHANG):
+                _UNREAPED.remove(orphan)
+        if report == b"ok":
+            return
+        if report.startswith(b"error "):
+            raise ReinjectError(report[6:].decode("utf-8", "replace"))
+        raise ReinjectError(
+            "the re-injection process died before it reported"
+            + (f": {report.decode('utf-8', 'replace')}" if report else "")
+        )
+
+    def _reinject_and_note(
+        self, key: str, reinjector: Callable[..., None], args: tuple[Any, ...]
+    ) -> None:
+        reinjector(*args)
+        self.note(key)
+
     def _prune(self) -> None:
         oldest = _hour(self.clock() - KEEP_HOURS * 3600)
         for entry in os.scandir(self.directory):
             if entry.is_dir(follow_symlinks=False) and entry.name < oldest:
                 shutil.rmtree(entry.path, ignore_errors=True)
+        # Lock files left by killed filters (a retry reuses, then removes, its own).
+        limit = self.clock() - KEEP_HOURS * 3600
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.directory / "pending"):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < limit:
+                        os.unlink(entry.path)
+
+
+def _lock(path: Path) -> int:
+    """Open and flock ``path`` (creating it), making sure the lock is on the file still there."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # The holder removes the file when done; a lock on a removed file guards nothing.
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _child(writer: int, work: Callable[[], None]) -> None:  # pragma: no cover - child process
+    """Run ``work`` in the forked child, report through ``writer`` and exit; never returns."""
+    status = 0
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # A handler that does nothing, not SIG_IGN: an ignored signal would stay ignored in
+            # the re-injection command, while a handler is reset when the command is executed.
+            signal.signal(signum, _ignore)
+        with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as comm:
+            comm.write(PROCESS_NAME)
+        try:
+            work()
+        except ReinjectError as exc:
+            report = b"error " + str(exc).encode("utf-8", "replace")
+        except BaseException as exc:  # noqa: BLE001 - anything else is reported, then exit
+            report = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
+            status = 1
+        else:
+            report = b"ok"
+        with contextlib.suppress(OSError):
+            os.write(writer, report[:MAX_REPORT])
+    finally:
+        os._exit(status)
+
+
+def _ignore(_signum: int, _frame: Any) -> None:
+    """Let the re-injection finish; the command's timeout bounds it."""
+
+
+def _reap(pid: int, flags: int) -> bool:
+    """Collect a finished child (True), so a long-lived server worker keeps no zombies."""
+    try:
+        return os.waitpid(pid, flags)[0] != 0
+    except ChildProcessError:
+        return True
 
 
 def _hour(moment: float) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -52,6 +53,9 @@ class QuarantineStore(Protocol):
     def add(
         self, data: bytes, envelope: Envelope, decision: Decision, authentication_results: str
     ) -> str: ...
+
+
+ALREADY = "already re-injected"
 
 
 class _Alarm(BaseException):
@@ -210,19 +214,21 @@ def run_filter(
     try:
         message = Message(data)
         key = DeliveryRecord.key(envelope, data) if delivered is not None else None
-        if delivered is not None and key is not None and delivered.seen(key):
-            # A retry of a delivery that went through before the filter was killed.
-            outcome = Outcome(EX_OK)
-            log_line(logger, message, envelope, None, outcome, started, note="already re-injected")
-            return outcome
-        evaluation = evaluate(message, envelope, config, resolver, now())
-        outcome = act(message, envelope, evaluation, config, reinjector, quarantine)
-        if (
-            delivered is not None
-            and key is not None
-            and evaluation.decision.action is Action.DELIVER
-        ):
-            delivered.note(key)
+        if delivered is None or key is None:
+            evaluation = evaluate(message, envelope, config, resolver, now())
+            outcome = act(message, envelope, evaluation, config, reinjector, quarantine)
+        else:
+            # One attempt at a time per queue file: a retry that arrives while an earlier
+            # attempt (or its re-injection process) is still running waits for it.
+            with delivered.claim(key):
+                if delivered.seen(key):
+                    # A retry of a delivery that went through before the filter was killed.
+                    outcome = Outcome(EX_OK)
+                    log_line(logger, message, envelope, None, outcome, started, note=ALREADY)
+                    return outcome
+                evaluation = evaluate(message, envelope, config, resolver, now())
+                guarded = functools.partial(delivered.reinject, key, reinjector)
+                outcome = act(message, envelope, evaluation, config, guarded, quarantine)
     except Exception as exc:  # noqa: BLE001 - every failure must end in a retry, never a loss
         outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
         log_line(logger, message, envelope, evaluation, outcome, started, error=describe(exc))

@@ -449,16 +449,21 @@ def _alive(pid: int) -> bool:
 
 
 def _filter_clients() -> list[int]:
-    """Running ``scatterguard filter`` processes (the ones the MTAs start)."""
+    """Running ``scatterguard filter`` processes (the ones the MTAs start).
+
+    Not their re-injection processes: forks with the same command line that name themselves
+    ``sg-reinject`` (see scatterguard.delivered) and belong to the re-injection, like sendmail.
+    """
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            comm = (entry / "comm").read_bytes().strip()
         except OSError:
             continue
-        if os.fsencode(FILTER) in argv and b"filter" in argv:
+        if os.fsencode(FILTER) in argv and b"filter" in argv and comm != b"sg-reinject":
             pids.append(int(entry.name))
     return pids
 
