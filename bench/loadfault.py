@@ -16,6 +16,13 @@ every message by its Message-ID:
   unverified sender;
 - still queued: its queue id is in ``postqueue -j``.
 
+One outcome besides the expected one is counted but not a failure: a message that deserves a
+bounce, quarantined because the DNS silence ended between its SPF check (temperror) and its
+DMARC check (fail): its reverse-path could not be verified, so DESIGN.md rule 6 keeps it rather
+than bounce it. Re-injection processes (``sg-reinject``) are not killed: like sendmail they are
+part of the hand-back to the MTA, whose remaining window (a kill between the MTA's commit and the
+delivery record) is RFC 1047's and is documented, not measured here.
+
 It holds the e2e lock (``harness.exclusive_mtas``) for the whole run, so it never drives the MTAs
 while the e2e tests or the benchmark do. Run as root on a machine prepared by
 tests/e2e/install-mtas: ``bench/loadfault [--messages N] [--dns-pause S] ...``.
@@ -36,6 +43,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -263,12 +271,15 @@ def account(sent: list[Sent], postfix: harness.Postfix, log: str) -> Account:
         unverified_bounces += forged_tries
         problems.append(f"{forged_tries} deliveries attempted to <{FORGED_SENDER}>")
     quarantined: Counter[str] = Counter()
+    unverified_by_dns: set[str] = set()
     for entry in harness.quarantine_list():
         owner = by_queue.get(str(entry.get("queue_id")))
         if owner is None:
             problems.append(f"quarantine entry {entry.get('id')} of no message of ours")
             continue
         quarantined[owner.message_id] += 1
+        if _unverified_by_dns(entry):
+            unverified_by_dns.add(owner.message_id)
     queued = {by_queue[q].message_id for q in postfix.queue() if q in by_queue}
     deferred_ids = set(
         re.findall(r"\b([0-9A-Za-z]+): to=<[^>]*>, relay=scatterguard.*status=deferred", log)
@@ -298,7 +309,12 @@ def account(sent: list[Sent], postfix: harness.Postfix, log: str) -> Account:
         if s.queue_id in deferred_ids:
             rows["deferred at least once"] += 1
         expected = EXPECTED[s.kind]
-        if places and places != {expected} and places != {"still queued"}:
+        if s.kind == "bounce" and places == {"quarantined"} and mid in unverified_by_dns:
+            # The DNS silence ended between the SPF check (temperror) and the DMARC check (fail,
+            # p=reject): reject-class with a reverse-path that could not be verified is
+            # quarantined (DESIGN.md rule 6), never bounced. Counted, not a failure.
+            rows["bounce quarantined (SPF temperror)"] += 1
+        elif places and places != {expected} and places != {"still queued"}:
             rows["unexpected outcome"] += 1
             problems.append(f"{s.kind} {mid} ended {sorted(places)}, expected {expected}")
     rows["bounces to unverified"] = unverified_bounces
@@ -313,9 +329,17 @@ def account(sent: list[Sent], postfix: harness.Postfix, log: str) -> Account:
         "lost",
         "duplicated",
         "bounces to unverified",
+        "bounce quarantined (SPF temperror)",
         "unexpected outcome",
     ]
     return Account({name: rows[name] for name in order}, problems)
+
+
+def _unverified_by_dns(entry: dict[str, Any]) -> bool:
+    """A quarantine entry for a reject-class message whose reverse-path check hit a DNS error."""
+    reasons = " ".join(str(reason) for reason in entry.get("reasons") or [])
+    results = str(entry.get("authentication_results", ""))
+    return "reverse-path not verified" in reasons and "spf=temperror" in results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

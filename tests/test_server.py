@@ -210,6 +210,40 @@ def test_server_killed_mid_message_defers_then_delivers_once(
     assert len(mta.sendmail.calls) == 1
 
 
+def test_worker_killed_during_reinjection_delivers_once(
+    served: tuple[Filter, Server], dns_server: DnsServer
+) -> None:
+    """A worker killed while its re-injection command runs: the command finishes and is
+    recorded, so the client's deferral is retried without a second copy."""
+    mta, server = served
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4WorkerDies")
+    mta.sendmail.delay(1.5)
+    client = subprocess.Popen(
+        [sys.executable, "-m", "scatterguard", "--config", str(mta.config), "filter", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert client.stdin is not None
+    client.stdin.write(message())
+    client.stdin.close()
+    client.stdin = None  # handed over; communicate() must not flush it again
+    deadline = time.monotonic() + 20
+    while not mta.sendmail.running():
+        assert time.monotonic() < deadline, "the re-injection command never started"
+        time.sleep(0.02)
+    for pid in server.workers():
+        os.kill(pid, signal.SIGKILL)
+    out, _ = client.communicate(timeout=30)
+    assert client.returncode == 75
+    assert out.startswith(b"4.")
+    mta.sendmail.delay(None)
+    time.sleep(1.5)  # the master restarts the worker
+    assert mta.run(args, message()).returncode == 0
+    assert len(mta.sendmail.calls) == 1
+    assert any("already re-injected" in line for line in mta.syslog.lines())
+
+
 def _fake_server(path: str, behaviour: str) -> threading.Thread:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
