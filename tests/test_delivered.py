@@ -11,7 +11,7 @@ import pytest
 
 from scatterguard.delivered import KEEP_HOURS, DeliveryRecord
 from scatterguard.envelope import Envelope, from_values
-from scatterguard.errors import ReinjectError
+from scatterguard.errors import QuarantineError, ReinjectError
 
 
 def _envelope(queue_id: str | None, recipients: tuple[str, ...] = ("b@y.example",)) -> Envelope:
@@ -57,8 +57,8 @@ def test_claim_file_goes_after_a_normal_end_and_stays_after_an_error(tmp_path: P
     re-injection process may still hold it, and the retry must wait on that same file)."""
     record = DeliveryRecord(tmp_path / "delivered")
     pending = tmp_path / "delivered" / "pending"
-    with record.claim("k1") as guarded:
-        assert guarded
+    with record.claim("k1") as claim:
+        assert not claim.done
         assert (pending / "k1").exists()
     assert not (pending / "k1").exists()
     with pytest.raises(RuntimeError), record.claim("k2"):
@@ -91,16 +91,20 @@ def test_claim_waits_for_the_holder(tmp_path: Path) -> None:
     assert order.read_text() == "first\nsecond\n"
 
 
-def test_unwritable_directory_gives_an_unguarded_claim(tmp_path: Path) -> None:
-    """Without a writable record the message goes ahead unguarded instead of being deferred."""
+def test_unwritable_directory_defers(tmp_path: Path) -> None:
+    """Without a writable record the claim fails, so the message is deferred, never delivered
+    unguarded (a kill could then deliver it twice)."""
     blocker = tmp_path / "file"
     blocker.write_text("in the way")
-    with DeliveryRecord(blocker / "delivered").claim("k1") as guarded:
-        assert not guarded
+    with (
+        pytest.raises(QuarantineError, match="cannot record deliveries"),
+        DeliveryRecord(blocker / "delivered").claim("k1"),
+    ):
+        pass
 
 
-def test_reinjection_process_notes_success_and_reports_failure(tmp_path: Path) -> None:
-    """The child writes the marker only when the command succeeded, relays the command's
+def test_reinjection_process_records_success_and_reports_failure(tmp_path: Path) -> None:
+    """The child records the delivery only when the command succeeded, relays the command's
     diagnostic when it failed, and is always reaped."""
     record = DeliveryRecord(tmp_path / "delivered")
     calls = tmp_path / "calls"
@@ -115,16 +119,41 @@ def test_reinjection_process_notes_success_and_reports_failure(tmp_path: Path) -
     def crash(sender: str, recipients: list[str], data: bytes) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    record.reinject("k1", good, "a@x.example", ["b@y.example"], b"message")
+    with record.claim("k1") as claim:
+        record.reinject(claim, good, "a@x.example", ["b@y.example"], b"message")
     assert calls.read_bytes() == b"message"
     assert record.seen("k1")
-    with pytest.raises(ReinjectError, match="queue file write error"):
-        record.reinject("k2", bad, "a@x.example", ["b@y.example"], b"message")
-    assert not record.seen("k2")
-    with pytest.raises(ReinjectError, match="died before it reported"):
-        record.reinject("k3", crash, "a@x.example", ["b@y.example"], b"message")
-    assert not record.seen("k3")
+    with record.claim("k1") as claim:
+        assert claim.done
+    for key, reinjector, error in [
+        ("k2", bad, "queue file write error"),
+        ("k3", crash, "died before it reported"),
+    ]:
+        with pytest.raises(ReinjectError, match=error), record.claim(key) as claim:
+            record.reinject(claim, reinjector, "a@x.example", ["b@y.example"], b"message")
+        assert not record.seen(key)
+        with record.claim(key) as claim:
+            assert not claim.done
     assert _zombie_children() == []
+
+
+def test_claim_file_is_the_record_when_no_marker_can_be_written(tmp_path: Path) -> None:
+    """A delivery whose hourly marker cannot be written is still recorded in the claim's own
+    file, which then stays: the next claim finds it done."""
+    record = DeliveryRecord(tmp_path / "delivered", clock=lambda: 1_800_000_000.0)
+    (tmp_path / "delivered").mkdir()
+    # A file where this hour's directory should be: the marker cannot be created.
+    (tmp_path / "delivered" / "2027011508").write_text("in the way")
+
+    def good(sender: str, recipients: list[str], data: bytes) -> None:
+        pass
+
+    with record.claim("k1") as claim:
+        record.reinject(claim, good, "a@x.example", ["b@y.example"], b"message")
+    assert not record.seen("k1")
+    assert (tmp_path / "delivered" / "pending" / "k1").read_bytes() == b"delivered\n"
+    with record.claim("k1") as claim:
+        assert claim.done
 
 
 def _zombie_children() -> list[int]:

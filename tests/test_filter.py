@@ -246,6 +246,22 @@ def test_unwritable_quarantine_defers(tmp_path: Path, dns_server: DnsServer) -> 
     assert mta.sendmail.calls == []
 
 
+def test_unwritable_delivery_record_defers_deliveries_too(
+    tmp_path: Path, dns_server: DnsServer
+) -> None:
+    """A message to deliver is deferred too when its delivery cannot be recorded (the record
+    lives under the quarantine directory): unrecorded, a kill could deliver it twice."""
+    dns_server.records.add_text(ZONE)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    mta = Filter(tmp_path, dns_server, quarantine=str(blocker / "q"))
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.")
+    assert mta.sendmail.calls == []
+    assert any("cannot record deliveries" in line for line in mta.syslog.lines())
+
+
 def test_deadline_defers(tmp_path: Path, dns_server: DnsServer) -> None:
     """When the filter's own deadline passes first, it defers (the MTA's limit is never hit)."""
     dns_server.records.add_text(ZONE)

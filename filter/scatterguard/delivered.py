@@ -6,17 +6,19 @@ such a retry from delivering a second copy:
 
 - A **claim**: an exclusive lock (flock) on ``pending/<key>``, held while the message is filtered
   and re-injected. A retry that arrives while an earlier attempt is still running waits for it.
+  A claim that cannot be taken (the directory cannot be written) defers the message.
 - A **re-injection process**: the command runs under a forked child (named ``sg-reinject``) that
-  writes the marker itself as soon as the command succeeds, and holds the claim until then. A
+  records the delivery itself as soon as the command succeeds — first into the claim's file
+  through the descriptor it inherited, then as a marker — and holds the claim until then. A
   SIGKILL of the filter, its deadline, or a stopping server never interrupts it halfway: the
-  retry waits for the claim and then finds the marker. The child is bounded by the re-injection
+  retry waits for the claim and then finds the record. The child is bounded by the re-injection
   command's own timeout.
 - A **marker** named after the message, written right after a successful re-injection; a retry
-  that finds it exits 0 at once.
+  that finds it (or a claim file that says ``delivered``) exits 0 at once.
 
 What is left is the window every store-and-forward hand-off has (RFC 1047): the re-injection
 process itself (or the MTA's command) killed after the MTA committed its copy and before the
-marker is written.
+delivery is recorded.
 
 A marker's name is a digest of the queue id, the envelope and the message bytes: the same
 delivery attempt of the same queue file, never a different message (a message without a queue id
@@ -37,18 +39,31 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scatterguard.envelope import Envelope
-from scatterguard.errors import ReinjectError
+from scatterguard.errors import QuarantineError, ReinjectError
 
 KEEP_HOURS = 48
 # The name the re-injection process shows in ps and /proc/<pid>/comm (at most 15 bytes).
 PROCESS_NAME = b"sg-reinject"
 MAX_REPORT = 2000
+# What the claim's file holds: an attempt, or a delivery (the same length, see claim()).
+ATTEMPT = b"attempt  \n"
+DELIVERED = b"delivered\n"
 # Re-injection processes left running when their parent gave up waiting (its deadline passed).
 _UNREAPED: list[int] = []
+
+
+@dataclass
+class Claim:
+    """The held claim on one message: its key, the locked file, and whether it is delivered."""
+
+    key: str
+    fd: int
+    done: bool
 
 
 class DeliveryRecord:
@@ -96,42 +111,58 @@ class DeliveryRecord:
             return
 
     @contextlib.contextmanager
-    def claim(self, key: str) -> Iterator[bool]:
+    def claim(self, key: str) -> Iterator[Claim]:
         """Hold the claim on ``key`` for the block; waits while another process holds it.
 
-        Yields False when the claim cannot be taken because the directory cannot be written:
-        the message then goes ahead unguarded, as it would without this record, rather than
-        being deferred for a safeguard's sake. The lock file is removed only when the block ends
-        normally; after an exception a re-injection process may still hold the lock, and a
-        retry must find and wait for that same file.
+        Raises QuarantineError when the claim cannot be taken (the directory cannot be
+        written): without it a killed filter could deliver twice, so the message is deferred
+        instead. The lock file is removed when the block ends normally, unless it is the only
+        record of a delivery (the hourly marker could not be written); after an exception it is
+        kept, since a re-injection process may still hold it and a retry must wait on that
+        same file.
         """
         path = self.directory / "pending" / key
         try:
             fd = _lock(path)
-        except OSError:
-            yield False
-            return
+        except OSError as exc:
+            raise QuarantineError(
+                f"cannot record deliveries in {path.parent}: {exc.strerror}"
+            ) from None
         try:
-            yield True
+            claim = Claim(key, fd, done=False)
+            state = os.pread(fd, len(DELIVERED), 0)
+            claim.done = state == DELIVERED or self.seen(key)
+            if not state:
+                # Allocate the file's block now: marking it delivered later overwrites these
+                # bytes in place, which needs neither the directory nor free space.
+                _write_all(fd, ATTEMPT)
+        except OSError as exc:
+            os.close(fd)
+            raise QuarantineError(f"cannot record deliveries in {path}: {exc.strerror}") from None
+        try:
+            yield claim
             with contextlib.suppress(OSError):
-                path.unlink()
+                if os.pread(fd, len(DELIVERED), 0) != DELIVERED or self.seen(key):
+                    path.unlink()
         finally:
             os.close(fd)
 
-    def reinject(self, key: str, reinjector: Callable[..., None], *args: Any) -> None:
-        """Call ``reinjector(*args)`` in a child process that writes the marker on success.
+    def reinject(self, claim: Claim, reinjector: Callable[..., None], *args: Any) -> None:
+        """Call ``reinjector(*args)`` in a child process that records the delivery on success.
 
         The child inherits the claim's lock, so the claim outlives this process until the
-        command has finished and the marker is written. It ignores SIGTERM, SIGINT and SIGHUP
-        (a stopping server or a terminal must not cut a hand-over in half) and has no alarm
-        (fork does not inherit timers); the command's own timeout bounds it. Raises
-        ReinjectError with the command's diagnostic when the re-injection failed.
+        command has finished and the delivery is recorded: first in the claim's own file,
+        through the open descriptor (no directory access, no new block: it cannot fail the way
+        a new file can), then as the hourly marker. It ignores SIGTERM, SIGINT and SIGHUP (a
+        stopping server or a terminal must not cut a hand-over in half) and has no alarm (fork
+        does not inherit timers); the command's own timeout bounds it. Raises ReinjectError
+        with the command's diagnostic when the re-injection failed.
         """
         reader, writer = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which ends in os._exit
             os.close(reader)
-            _child(writer, lambda: self._reinject_and_note(key, reinjector, args))
+            _child(writer, lambda: self._reinject_and_note(claim, reinjector, args))
         os.close(writer)
         try:
             with os.fdopen(reader, "rb") as pipe:
@@ -154,10 +185,12 @@ class DeliveryRecord:
         )
 
     def _reinject_and_note(
-        self, key: str, reinjector: Callable[..., None], args: tuple[Any, ...]
+        self, claim: Claim, reinjector: Callable[..., None], args: tuple[Any, ...]
     ) -> None:
         reinjector(*args)
-        self.note(key)
+        with contextlib.suppress(OSError):
+            os.pwrite(claim.fd, DELIVERED, 0)
+        self.note(claim.key)
 
     def _prune(self) -> None:
         oldest = _hour(self.clock() - KEEP_HOURS * 3600)
@@ -189,6 +222,11 @@ def _lock(path: Path) -> int:
             os.close(fd)
             raise
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    if os.pwrite(fd, data, 0) != len(data):
+        raise OSError(28, "short write")
 
 
 def _child(writer: int, work: Callable[[], None]) -> None:  # pragma: no cover - child process

@@ -220,14 +220,14 @@ def run_filter(
         else:
             # One attempt at a time per queue file: a retry that arrives while an earlier
             # attempt (or its re-injection process) is still running waits for it.
-            with delivered.claim(key):
-                if delivered.seen(key):
+            with delivered.claim(key) as claim:
+                if claim.done:
                     # A retry of a delivery that went through before the filter was killed.
                     outcome = Outcome(EX_OK)
                     log_line(logger, message, envelope, None, outcome, started, note=ALREADY)
                     return outcome
                 evaluation = evaluate(message, envelope, config, resolver, now())
-                guarded = functools.partial(delivered.reinject, key, reinjector)
+                guarded = functools.partial(delivered.reinject, claim, reinjector)
                 outcome = act(message, envelope, evaluation, config, guarded, quarantine)
     except Exception as exc:  # noqa: BLE001 - every failure must end in a retry, never a loss
         outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
