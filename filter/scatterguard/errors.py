@@ -7,6 +7,7 @@ Exceptions are for things that stop us from doing our job; the CLI maps each to 
     ├── ConfigError                   the configuration file or a key in it is wrong
     ├── UsageError                    bad command-line arguments or envelope (no recipients, ...)
     ├── InputError                    the message or the BSMTP batch cannot be read
+    ├── SpoolError                    a large message cannot be written to its spool file
     ├── DeadlineExceeded              the filter ran out of its own time budget
     ├── ReinjectError                 the re-injection command failed
     └── QuarantineError               the quarantine store cannot be written or read
@@ -36,6 +37,10 @@ class UsageError(ScatterguardError):
 
 class InputError(ScatterguardError):
     """The message or the batch SMTP stream could not be read."""
+
+
+class SpoolError(ScatterguardError):
+    """A message too large to keep in memory could not be written to its spool file."""
 
 
 class DeadlineExceeded(ScatterguardError):

@@ -1,0 +1,162 @@
+"""The spool: a large message's bytes in an anonymous file, seen through a read-only map.
+
+A message above :data:`THRESHOLD` bytes is not held in memory. Intake streams it into an
+anonymous file (:func:`tempfile.TemporaryFile`: ``O_TMPFILE`` on Linux, so the file never has a
+name and a filter killed at any moment leaves nothing behind) in the quarantine's ``tmp/``
+directory. That directory is the filter user's own, and it is on the disk that keeps the
+quarantine, where ``/tmp`` may be a tmpfs, which is memory again.
+
+The rest of the filter sees the file through a read-only ``mmap`` (:attr:`Spooled.view`), which
+:class:`~scatterguard.message.Message` reads like bytes: only the pages it touches (the header
+section; the body only when DKIM verifies it) come into memory. Re-injection and the quarantine
+copy from the file descriptor (``sendfile``, ``copy_file_range``) and the digests read the file
+in chunks, so none of them brings the body into this process's memory.
+
+Small messages, the common case, stay ``bytes`` and cost no extra system call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import mmap
+import os
+from collections.abc import Callable
+from io import FileIO
+from pathlib import Path
+
+from scatterguard.errors import SpoolError
+
+# Messages up to this size stay in memory; larger ones go to the spool file.
+THRESHOLD = 1024 * 1024
+# How much is copied at a time from stdin into the spool file.
+CHUNK = 1024 * 1024
+
+
+class Spooled:
+    """A message in an anonymous spool file, mapped read-only; close it when done."""
+
+    def __init__(self, file: FileIO) -> None:
+        self.file = file
+        self.size = os.fstat(file.fileno()).st_size
+        # An empty file cannot be mapped; the spool only ever holds messages above THRESHOLD.
+        self.view = mmap.mmap(file.fileno(), self.size, prot=mmap.PROT_READ)
+
+    def fileno(self) -> int:
+        """The spool file's descriptor, to copy from with sendfile or copy_file_range."""
+        return self.file.fileno()
+
+    def sha256(self) -> str:
+        """The SHA-256 of the bytes, read from the file in chunks (the map is not touched)."""
+        self.file.seek(0)
+        return hashlib.file_digest(self.file, "sha256").hexdigest()
+
+    def close(self) -> None:
+        """Unmap and close the file; the kernel frees its blocks (the file has no name)."""
+        # A BufferError means a memoryview of the map is still alive somewhere (a bug of ours).
+        # Raising here, after the message was delivered, would make the MTA deliver it again;
+        # the map goes when that view does.
+        with contextlib.suppress(BufferError):
+            self.view.close()
+        self.file.close()
+
+    def __enter__(self) -> Spooled:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def sha256(data: bytes | Spooled) -> str:
+    """The SHA-256 of a message's bytes, in memory or spooled, as hex digits."""
+    if isinstance(data, Spooled):
+        return data.sha256()
+    return hashlib.sha256(data).hexdigest()
+
+
+def size(data: bytes | Spooled) -> int:
+    """The number of bytes of a message, in memory or spooled."""
+    return data.size if isinstance(data, Spooled) else len(data)
+
+
+def close(data: bytes | Spooled | None) -> None:
+    """Close a spooled message; bytes and None need nothing."""
+    if isinstance(data, Spooled):
+        data.close()
+
+
+class Spool:
+    """Collects a message: in memory up to ``threshold`` bytes, beyond that in a spool file.
+
+    ``directory`` is called (once) when the first byte beyond the threshold arrives, and returns
+    the directory for the spool file; None keeps everything in memory whatever its size.
+    """
+
+    def __init__(self, directory: Callable[[], Path] | None, threshold: int = THRESHOLD) -> None:
+        self._directory = directory
+        self._threshold = threshold
+        self._memory = bytearray()
+        self._file: FileIO | None = None
+        self._where: Path | None = None
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``; raises SpoolError when the spool file cannot be written."""
+        self.size += len(data)
+        if self._file is None:
+            self._memory += data
+            if self._directory is None or len(self._memory) <= self._threshold:
+                return
+            self._file = self._open(self._directory())
+            data, self._memory = memoryview(self._memory), bytearray()
+        self._write(self._file, data)
+
+    def finish(self) -> bytes | Spooled:
+        """The collected message: bytes, or the spool file mapped read-only."""
+        if self._file is None:
+            return bytes(self._memory)
+        file, self._file = self._file, None
+        try:
+            return Spooled(file)
+        except (OSError, ValueError) as exc:
+            file.close()
+            raise SpoolError(f"spool: cannot map the spool file: {_reason(exc)}") from None
+
+    def discard(self) -> None:
+        """Drop what was collected (the spool file's blocks are freed at once)."""
+        self._memory = bytearray()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self, directory: Path) -> FileIO:
+        import tempfile  # only large messages pay for this import
+
+        self._where = directory
+        try:
+            return tempfile.TemporaryFile(dir=directory, buffering=0)
+        except OSError as exc:
+            raise SpoolError(
+                f"spool: cannot create a file in {directory}: {_reason(exc)}"
+            ) from None
+
+    def _write(self, file: FileIO, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        fd = file.fileno()
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            self.discard()
+            raise SpoolError(
+                f"spool: cannot write a file in {self._where}: {_reason(exc)}"
+            ) from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return "no space left on the device"
+        return exc.strerror or str(exc)
+    return str(exc)
