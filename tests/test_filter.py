@@ -24,6 +24,7 @@ from dnsserver import DnsServer
 from fakes import FakeSendmail
 from scatterguard.config import Config, QuarantineConfig
 from scatterguard.envelope import from_values
+from scatterguard.message import Payload
 from scatterguard.pipeline import Outcome, run_filter
 from scatterguard.quarantine import Store
 from scatterguard.resolver import Answer, Resolver
@@ -359,8 +360,8 @@ class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[str, ...], bytes]] = []
 
-    def __call__(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
-        self.calls.append((sender, tuple(recipients), data))
+    def __call__(self, sender: str, recipients: Sequence[str], data: Payload) -> None:
+        self.calls.append((sender, tuple(recipients), bytes(data)))
 
 
 class _Quiet:

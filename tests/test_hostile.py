@@ -36,7 +36,7 @@ from scatterguard import envelope as envelope_mod
 from scatterguard import intake, pipeline
 from scatterguard.config import Config, DkimConfig, DnsConfig
 from scatterguard.envelope import Envelope
-from scatterguard.message import MAX_HEADER_FIELDS, Message
+from scatterguard.message import MAX_HEADER_FIELDS, Message, Payload
 from scatterguard.quarantine import Store
 from scatterguard.resolver import Resolver
 from signing import Signer
@@ -305,10 +305,10 @@ def _in_process(
     sent: list[bytes] = []
     log = RecordingLog()
 
-    def reinject(sender: str, recipients: Sequence[str], message: bytes) -> None:
+    def reinject(sender: str, recipients: Sequence[str], message: Payload) -> None:
         assert sender == envelope.sender_text
         assert list(recipients) == list(envelope.recipients)
-        sent.append(message)
+        sent.append(bytes(message))
 
     outcome = pipeline.run_filter(
         data,

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scatterguard import spool
 from scatterguard.envelope import Envelope
 from scatterguard.errors import QuarantineError, ReinjectError
 
@@ -74,7 +75,7 @@ class DeliveryRecord:
         self.clock = clock
 
     @staticmethod
-    def key(envelope: Envelope, data: bytes) -> str | None:
+    def key(envelope: Envelope, data: bytes | spool.Spooled) -> str | None:
         """The marker name for this delivery, or None when the MTA gave no queue id."""
         if not envelope.queue_id:
             return None
@@ -84,7 +85,8 @@ class DeliveryRecord:
                 envelope.queue_id,
                 envelope.sender_text,
                 list(envelope.recipients),
-                hashlib.sha256(data).hexdigest(),
+                # A spooled message is hashed from its file, in chunks, not through its map.
+                spool.sha256(data),
             ]
         )
         return hashlib.sha256(document.encode("utf-8")).hexdigest()[:40]

@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scatterguard.config import DkimConfig
-from scatterguard.message import Header, Message
+from scatterguard.message import Buffer, Header, Message
 from scatterguard.resolver import Resolver, Status
 from scatterguard.results import DkimResult, Result
 
@@ -429,8 +429,10 @@ class _Verifier:
         body = self._canonical.get(canon)
         if body is None:
             if self._normalised is None:
-                # As dkimpy does: every line ends in CRLF (a bare LF becomes CRLF).
-                self._normalised = _NEWLINE.sub(b"\r\n", self.message.body)
+                # As dkimpy does: every line ends in CRLF (a bare LF becomes CRLF). Read in
+                # place (a spooled message through its map): this is the body's one copy.
+                with memoryview(self.message.data) as whole:
+                    self._normalised = _NEWLINE.sub(b"\r\n", whole[self.message.body_offset :])
             body = canonical_body(self._normalised, canon)
             self._canonical[canon] = body
         return body
@@ -487,7 +489,7 @@ def _canonicalisation(value: bytes | None) -> tuple[bytes, bytes]:
     return parts[0], parts[1]
 
 
-def _dkimpy_header(data: bytes, header: Header) -> list[bytes]:
+def _dkimpy_header(data: Buffer, header: Header) -> list[bytes]:
     """One header field as dkimpy holds it: the name, and the value with CRLF line ends."""
     raw = header.raw(data)
     value = _NEWLINE.sub(b"\r\n", raw[raw.index(b":") + 1 :])

@@ -3,18 +3,30 @@
 Nothing here re-serialises a message. Header fields are located as byte spans of the original; a
 new field is prepended as bytes, and removing a field cuts exactly its span. Every other byte (line
 endings, 8-bit data, NULs, bare CRs) goes out as it came in.
+
+The original is ``bytes``, or a large message's spool file (:class:`~scatterguard.spool.Spooled`),
+read through its read-only map with the operations bytes and ``mmap`` share (``find``, slicing,
+regular expressions), and only as far as the header section: the body is touched only by whoever
+asks for it. What is sent on is a :class:`Payload`: the new field, then spans of the original, so
+a spooled message is copied from its file and never joined in memory.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from scatterguard.spool import Spooled
 
 # RFC 5322 §3.6.8: a field name is printable US-ASCII except colon. We also tolerate the
 # whitespace some senders put before the colon ("Subject : x"), as MTAs do.
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 MAX_HEADER_FIELDS = 20_000
+
+# What a message's bytes are read through: bytes, or the read-only map of its spool file.
+Buffer = bytes | mmap.mmap
 
 
 @dataclass(frozen=True)
@@ -25,18 +37,50 @@ class Header:
     start: int
     end: int  # exclusive; includes the field's final line ending
 
-    def raw(self, data: bytes) -> bytes:
+    def raw(self, data: Buffer) -> bytes:
         """The field's bytes, folding and line ending included."""
         return data[self.start : self.end]
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The bytes to send on: ``prefix``, then the spans ``keep`` of the original ``source``.
+
+    Re-injection writes it without joining it (a spooled source is copied from its file); the
+    fields cut out of the original are simply the gaps between the spans.
+    """
+
+    prefix: bytes
+    source: bytes | Spooled
+    keep: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, data: bytes | Spooled, prefix: bytes = b"") -> Payload:
+        """The whole of ``data``, after ``prefix``."""
+        size = data.size if isinstance(data, Spooled) else len(data)
+        return cls(prefix, data, ((0, size),) if size else ())
+
+    @property
+    def size(self) -> int:
+        """The number of bytes sent."""
+        return len(self.prefix) + sum(end - start for start, end in self.keep)
+
+    def __bytes__(self) -> bytes:
+        """The payload joined in memory (for tests and fakes; re-injection streams it)."""
+        source = self.source.view if isinstance(self.source, Spooled) else self.source
+        return b"".join([self.prefix, *(source[start:end] for start, end in self.keep)])
 
 
 class Message:
     """Original bytes plus parsed header field positions; never rewritten in place."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.headers, self.body_offset, self.problem = _scan(data)
-        self.linesep = _linesep(data)
+    def __init__(self, data: bytes | Spooled) -> None:
+        # source: what the message is copied from (the spool file itself when spooled);
+        # data: what it is read through (the file's read-only map when spooled).
+        self.source = data
+        self.data: Buffer = data.view if isinstance(data, Spooled) else data
+        self.headers, self.body_offset, self.problem = _scan(self.data)
+        self.linesep = _linesep(self.data)
 
     @property
     def size(self) -> int:
@@ -45,7 +89,7 @@ class Message:
 
     @property
     def body(self) -> bytes:
-        """The bytes after the header section (and after its empty separator line)."""
+        """The bytes after the header section (and after its empty separator line), copied."""
         return self.data[self.body_offset :]
 
     def fields(self, name: str) -> Iterator[Header]:
@@ -64,22 +108,27 @@ class Message:
         text = re.sub(rb"\r?\n(?=[ \t])", b"", raw[colon + 1 :])
         return text.strip(b" \t\r\n").decode("utf-8", "replace")
 
-    def with_header(self, field: bytes, remove: Iterable[Header] = ()) -> bytes:
-        """Return the message with ``field`` prepended and the ``remove`` fields cut out.
+    def prepend(self, field: bytes, remove: Iterable[Header] = ()) -> Payload:
+        """The message with ``field`` prepended and the ``remove`` fields cut out, unjoined.
 
         ``field`` is ``Name: value`` without a line ending; the message's own line ending is used.
         """
-        spans = sorted((h.start, h.end) for h in remove)
-        parts = [field + self.linesep]
+        keep = []
         position = 0
-        for start, end in spans:
-            parts.append(self.data[position:start])
-            position = end
-        parts.append(self.data[position:])
-        return b"".join(parts)
+        for start, end in sorted((h.start, h.end) for h in remove):
+            if start > position:
+                keep.append((position, start))
+            position = max(position, end)
+        if position < self.size:
+            keep.append((position, self.size))
+        return Payload(field + self.linesep, self.source, tuple(keep))
+
+    def with_header(self, field: bytes, remove: Iterable[Header] = ()) -> bytes:
+        """:meth:`prepend`, joined into bytes."""
+        return bytes(self.prepend(field, remove))
 
 
-def _scan(data: bytes) -> tuple[list[Header], int, str | None]:
+def _scan(data: Buffer) -> tuple[list[Header], int, str | None]:
     """Find the header fields, the offset of the body, and what makes the structure ambiguous.
 
     The header section ends at the first empty line, or at the first line that is neither a field
@@ -89,6 +138,9 @@ def _scan(data: bytes) -> tuple[list[Header], int, str | None]:
     a first line that is a continuation (a header field we prepend would swallow it, and the
     fields after it would appear to readers), and more than MAX_HEADER_FIELDS fields (we stop
     reading there to bound our work, so a From further down would go unchecked).
+
+    Lines are matched where they lie, not copied out: the line that ends the header section
+    may be the whole body of a message without line breaks.
     """
     if data[:1] in (b" ", b"\t"):
         return [], 0, "the message starts with a continuation line"
@@ -100,18 +152,17 @@ def _scan(data: bytes) -> tuple[list[Header], int, str | None]:
     while position < size:
         newline = data.find(b"\n", position)
         line_end = size if newline < 0 else newline + 1
-        line = data[position:line_end]
-        if line in (b"\n", b"\r\n"):
+        if line_end - position <= 2 and data[position:line_end] in (b"\n", b"\r\n"):
             if name is not None:
                 headers.append(Header(name, start, position))
             return headers, line_end, None
-        if line[:1] in (b" ", b"\t") and name is not None:
+        if data[position : position + 1] in (b" ", b"\t") and name is not None:
             position = line_end
             continue
         if name is not None:
             headers.append(Header(name, start, position))
             name = None
-        field = _FIELD.match(line)
+        field = _FIELD.match(data, position, line_end)
         if field is None:
             return headers, position, None
         if len(headers) >= MAX_HEADER_FIELDS:
@@ -124,7 +175,8 @@ def _scan(data: bytes) -> tuple[list[Header], int, str | None]:
     return headers, size, None
 
 
-def _linesep(data: bytes) -> bytes:
+def _linesep(data: Buffer) -> bytes:
+    """The line ending of the first line (LF when there is none)."""
     newline = data.find(b"\n")
     if newline > 0 and data[newline - 1 : newline] == b"\r":
         return b"\r\n"

@@ -35,6 +35,7 @@ from scatterguard.message import Message
 from scatterguard.reinject import Reinjector
 from scatterguard.resolver import Resolver
 from scatterguard.results import AuthReport
+from scatterguard.spool import Spooled
 from scatterguard.verdict import Action, Decision
 
 
@@ -51,7 +52,11 @@ class QuarantineStore(Protocol):
     """Where quarantined messages go (see :mod:`scatterguard.quarantine`)."""
 
     def add(
-        self, data: bytes, envelope: Envelope, decision: Decision, authentication_results: str
+        self,
+        data: bytes | Spooled,
+        envelope: Envelope,
+        decision: Decision,
+        authentication_results: str,
     ) -> str: ...
 
 
@@ -135,17 +140,17 @@ def act(
     decision = evaluation.decision
     if decision.action is Action.DELIVER:
         remove = list(authresults.ours(message, config.authserv_id))
-        data = message.with_header(evaluation.rendered.field(message.linesep), remove)
-        reinjector(envelope.sender_text, envelope.recipients, data)
+        payload = message.prepend(evaluation.rendered.field(message.linesep), remove)
+        reinjector(envelope.sender_text, envelope.recipients, payload)
         return Outcome(EX_OK)
     if decision.action is Action.QUARANTINE:
-        quarantine.add(message.data, envelope, decision, evaluation.rendered.value)
+        quarantine.add(message.source, envelope, decision, evaluation.rendered.value)
         return Outcome(EX_OK)
     if decision.action is Action.BOUNCE and decision.reverse_path_verified:
         return Outcome(EX_UNAVAILABLE, decision.status or "5.7.1 Message rejected by policy")
     if decision.action is Action.BOUNCE:
         # decide() never does this; if it ever did, keeping the message beats backscatter.
-        quarantine.add(message.data, envelope, decision, evaluation.rendered.value)
+        quarantine.add(message.source, envelope, decision, evaluation.rendered.value)
         return Outcome(EX_OK)
     return Outcome(EX_TEMPFAIL, decision.status or TEMPFAIL_STATUS)
 
@@ -196,7 +201,7 @@ def log_line(
 
 
 def run_filter(
-    data: bytes,
+    data: bytes | Spooled,
     envelope: Envelope,
     config: Config,
     *,

@@ -49,9 +49,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
-from scatterguard import authresults
+from scatterguard import authresults, spool
 from scatterguard.errors import QuarantineError, ReinjectError
-from scatterguard.message import Message
+from scatterguard.message import Message, Payload
+from scatterguard.spool import Spooled
 
 if TYPE_CHECKING:
     from scatterguard.envelope import Envelope
@@ -164,8 +165,12 @@ def valid_id(entry_id: str) -> bool:
     return bool(_ID.match(entry_id))
 
 
-def entry_id(metadata: Metadata, data: bytes) -> str:
+def entry_id(metadata: Metadata, data: bytes | Spooled) -> str:
     """The deterministic id of a message and its envelope (see the module docstring)."""
+    return _entry_id(metadata, spool.sha256(data))
+
+
+def _entry_id(metadata: Metadata, digest: str) -> str:
     # JSON of a list is an unambiguous encoding: no value can shift into its neighbour.
     key = json.dumps(
         [
@@ -173,7 +178,7 @@ def entry_id(metadata: Metadata, data: bytes) -> str:
             metadata.queue_id or "",
             metadata.sender,
             list(metadata.recipients),
-            hashlib.sha256(data).hexdigest(),
+            digest,
         ]
     )
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:ID_LENGTH]
@@ -196,17 +201,28 @@ class Store:
     # ---- writing -------------------------------------------------------------------------
 
     def add(
-        self, data: bytes, envelope: Envelope, decision: Decision, authentication_results: str
+        self,
+        data: bytes | Spooled,
+        envelope: Envelope,
+        decision: Decision,
+        authentication_results: str,
     ) -> str:
         """Quarantine a message the filter decided on; return its id (see :meth:`put`)."""
         return self.put(Metadata.from_decision(envelope, decision, authentication_results), data).id
 
-    def put(self, metadata: Metadata, data: bytes) -> Entry:
+    def put(self, metadata: Metadata, data: bytes | Spooled) -> Entry:
         """Store a message durably and return its entry; an existing entry is returned as is.
 
-        Raises QuarantineError when the entry cannot be written; then nothing is left behind.
+        A spooled message is copied from its file, never read into memory. Raises
+        QuarantineError when the entry cannot be written; then nothing is left behind.
         """
-        new_id = entry_id(metadata, data)
+        try:
+            digest = spool.sha256(data)
+        except OSError as exc:
+            raise QuarantineError(
+                f"quarantine: cannot read the spool file: {_reason(exc)}"
+            ) from None
+        new_id = _entry_id(metadata, digest)
         final = self.directory / new_id
         self._prepare()
         try:
@@ -224,12 +240,12 @@ class Store:
         entry = Entry(
             id=new_id,
             received=self.now(),
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
+            size=spool.size(data),
+            sha256=digest,
             metadata=metadata,
         )
         head = json.dumps(_to_record(entry), ensure_ascii=True, separators=(",", ":"))
-        self._write(final, head.encode("ascii") + b"\n" + data)
+        self._write(final, head.encode("ascii") + b"\n", data)
         return entry
 
     def _prepare(self) -> None:
@@ -260,7 +276,7 @@ class Store:
                 ) from None
             self._sync_directory(path.parent)
 
-    def _write(self, final: Path, content: bytes) -> None:
+    def _write(self, final: Path, head: bytes, data: bytes | Spooled) -> None:
         """Maildir delivery: tmp file, write, fsync, rename into place, fsync the directory."""
         # The temporary name is ours alone: time, process and randomness, nothing from the mail.
         name = f"{time.time_ns()}.{os.getpid()}.{secrets.token_hex(8)}"
@@ -278,10 +294,11 @@ class Store:
         try:
             try:
                 os.fchmod(fd, FILE_MODE)
-                view = memoryview(content)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                _write_all(fd, head)
+                if isinstance(data, Spooled):
+                    _copy_file(data.fileno(), fd, data.size)
+                else:
+                    _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -427,6 +444,33 @@ class Store:
                     path.unlink()
             except OSError as exc:
                 raise QuarantineError(f"quarantine: cannot remove {path}: {_reason(exc)}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy_file(source: int, target: int, count: int) -> None:
+    """Append ``count`` bytes from the start of ``source`` to ``target``, in the kernel."""
+    offset = 0
+    use_copy_file_range = True
+    while offset < count:
+        if use_copy_file_range:
+            try:
+                copied = os.copy_file_range(source, target, count - offset, offset)
+            except OSError as exc:
+                # Not between these file systems (EXDEV) or not at all: sendfile instead.
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                use_copy_file_range = False
+                continue
+        else:
+            copied = os.sendfile(target, source, offset, count - offset)
+        if copied == 0:
+            raise OSError(errno.EIO, "the spool file is shorter than the message")
+        offset += copied
 
 
 def _open(path: Path) -> BinaryIO:
@@ -607,8 +651,8 @@ def show(store: Store, entry_id: str, out: TextIO, err: TextIO | None = None) ->
     return 0
 
 
-def release_bytes(entry: Entry, data: bytes) -> bytes:
-    """The bytes a release re-injects: the stored A-R header prepended, as a delivery would.
+def release_payload(entry: Entry, data: bytes) -> Payload:
+    """What a release re-injects: the stored A-R header prepended, as a delivery would.
 
     A delivery removes every A-R field carrying our authserv-id and prepends ours (RFC 8601 §5);
     a release does the same with the A-R value recorded at quarantine time, so a forged
@@ -617,14 +661,14 @@ def release_bytes(entry: Entry, data: bytes) -> bytes:
     """
     value = entry.metadata.authentication_results
     if not value:
-        return data
+        return Payload.of(data)
     if not _HEADER_VALUE.match(value):
         raise QuarantineError(f"quarantine: entry {entry.id} has an unusable A-R value")
     authserv_id, *clauses = value.split("; ")
     message = Message(data)
     rendered = authresults.Rendered(authserv_id, tuple(clauses))
     remove = list(authresults.ours(message, authserv_id))
-    return message.with_header(rendered.field(message.linesep), remove)
+    return message.prepend(rendered.field(message.linesep), remove)
 
 
 def release(
@@ -637,7 +681,7 @@ def release(
     """Re-inject an entry with its original envelope; remove it only once that succeeded."""
     try:
         entry, data = store.get(entry_id)
-        payload = release_bytes(entry, data)
+        payload = release_payload(entry, data)
     except QuarantineError as exc:
         return _fail(err, exc)
     meta = entry.metadata
