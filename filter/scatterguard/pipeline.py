@@ -256,34 +256,44 @@ def filter_stream(
     The in-process filter and the resident server's workers both come through here, so they run
     exactly the same code.
     """
-    from scatterguard import intake
+    from scatterguard import intake, spool
     from scatterguard.quarantine import Store
     from scatterguard.reinject import CommandReinjector
 
     started = time.monotonic()
+    store = Store(config.quarantine.directory)
+    data: bytes | Spooled | None = None
     try:
-        data = intake.read_all(stdin)
+        # A large message is spooled in the quarantine's tmp/ (see scatterguard.spool).
         if args.bsmtp:
-            batch = intake.parse_bsmtp(data)
+            batch = intake.read_bsmtp(stdin, store.spool_directory)
             data = batch.data
             sender, recipients = batch.sender, [*batch.recipients, *args.recipients]
         else:
+            data = intake.read_message(stdin, store.spool_directory)
             sender, recipients = args.sender, args.recipients
         envelope = from_values(sender, recipients, vars(args), environ)
     except ScatterguardError as exc:
+        spool.close(data)
         outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
         log_line(logger, None, None, None, outcome, started, describe(exc))
         return outcome
-    return run_filter(
-        data,
-        envelope,
-        config,
-        reinjector=CommandReinjector(config.reinject.command, config.reinject.timeout),
-        quarantine=Store(config.quarantine.directory),
-        resolver=resolver,
-        logger=logger,
-        delivered=DeliveryRecord(config.quarantine.directory / "delivered"),
-    )
+    except BaseException:
+        spool.close(data)
+        raise
+    try:
+        return run_filter(
+            data,
+            envelope,
+            config,
+            reinjector=CommandReinjector(config.reinject.command, config.reinject.timeout),
+            quarantine=store,
+            resolver=resolver,
+            logger=logger,
+            delivered=DeliveryRecord(config.quarantine.directory / "delivered"),
+        )
+    finally:
+        spool.close(data)
 
 
 def describe(exc: BaseException) -> str:

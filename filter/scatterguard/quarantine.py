@@ -2,7 +2,8 @@
 
 The store owns one directory (``quarantine.directory``, mode 0700) laid out like a Maildir::
 
-    <directory>/tmp/            entries being written; never read as entries
+    <directory>/tmp/            entries being written, and the spool files of large messages
+                                in flight (anonymous: they have no name); never read as entries
     <directory>/<id>            one complete entry per file, mode 0600
 
 An entry file is one line of JSON metadata (ASCII, so it holds no raw newline), a ``\\n``, and then
@@ -247,6 +248,16 @@ class Store:
         head = json.dumps(_to_record(entry), ensure_ascii=True, separators=(",", ":"))
         self._write(final, head.encode("ascii") + b"\n", data)
         return entry
+
+    def spool_directory(self) -> Path:
+        """Where intake spools a large message: tmp/, created when missing.
+
+        Spool files there are anonymous (:mod:`scatterguard.spool`): they have no name, so no
+        reader takes them for an entry and :meth:`purge` never meets them; and a quarantined
+        spooled message is copied into its entry within one file system.
+        """
+        self._prepare()
+        return self.tmp
 
     def _prepare(self) -> None:
         """Create the store and its tmp/ directory, mode 0700, when they are missing."""
