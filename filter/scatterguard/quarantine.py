@@ -47,8 +47,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from io import BufferedReader
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from scatterguard import authresults, spool
 from scatterguard.errors import QuarantineError, ReinjectError
@@ -227,7 +228,7 @@ class Store:
         final = self.directory / new_id
         self._prepare()
         try:
-            existing: Entry | None = self.get(new_id)[0]
+            existing: Entry | None = self.verified(new_id)
         except NotFound:
             existing = None
         except QuarantineError:
@@ -393,6 +394,23 @@ class Store:
             raise QuarantineError(f"quarantine: {path} is damaged (its size is wrong)")
         return entry
 
+    def verified(self, entry_id: str) -> Entry:
+        """One entry, its message checked as :meth:`get` does, but read in chunks, not kept."""
+        path = self._path(entry_id)
+        try:
+            with _open(path) as handle:
+                head = handle.readline()
+                size = os.fstat(handle.fileno()).st_size - len(head)
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except FileNotFoundError:
+            raise NotFound(f"quarantine: no entry {entry_id}") from None
+        except OSError as exc:
+            raise QuarantineError(f"quarantine: cannot read {path}: {_reason(exc)}") from None
+        entry = _from_record(entry_id, head.rstrip(b"\n"), path)
+        if size != entry.size or digest != entry.sha256:
+            raise QuarantineError(f"quarantine: {path} is damaged (size or digest differs)")
+        return entry
+
     def get(self, entry_id: str) -> tuple[Entry, bytes]:
         """One entry and its message bytes, checked against the stored size and digest."""
         path = self._path(entry_id)
@@ -484,7 +502,7 @@ def _copy_file(source: int, target: int, count: int) -> None:
         offset += copied
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> BufferedReader:
     """Open an entry for reading without following a symbolic link planted in its place.
 
     The store belongs to the filter's user while ``quarantine show``/``release`` may run as root.
