@@ -19,9 +19,11 @@ from scatterguard.config import DkimConfig
 from scatterguard.dkimcheck import (
     MAX_REASON,
     MAX_SIGNED_FIELDS,
+    _content_end,
     _Verifier,
     canonical_body,
     check_dkim,
+    crlf,
 )
 from scatterguard.message import Message
 from scatterguard.resolver import Answer, Resolver
@@ -617,6 +619,20 @@ def test_canonical_body_matches_dkimpy(parts: list[bytes]) -> None:
     body = re.sub(rb"\r?\n", b"\r\n", b"".join(parts))
     assert canonical_body(body, b"simple") == Simple.canonicalize_body(body)
     assert canonical_body(body, b"relaxed") == Relaxed.canonicalize_body(body)
+
+
+@given(parts=_body_bytes)
+def test_crlf_normalises_as_the_regular_expression(parts: list[bytes]) -> None:
+    """Line endings become CRLF exactly as ``\\r?\\n`` → CRLF does, for any mix of CR and LF."""
+    body = b"".join(parts)
+    assert crlf(body) == crlf(memoryview(body)) == re.sub(rb"\r?\n", b"\r\n", body)
+
+
+@given(parts=_body_bytes, piece=st.integers(1, 8))
+def test_content_end_is_rstrip_without_the_copy(parts: list[bytes], piece: int) -> None:
+    """The end of a body's content is found piece by piece, whatever the piece size."""
+    body = b"".join(parts)
+    assert _content_end(body, piece) == len(body.rstrip(b"\r\n"))
 
 
 _TAG_NAMES = ["v", "a", "b", "bh", "c", "d", "h", "i", "l", "q", "s", "t", "x", "z", "", "D"]
