@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from fakes import FakeSendmail
 from scatterguard import quarantine
 from scatterguard.envelope import Address, Envelope
 from scatterguard.errors import QuarantineError
+from scatterguard.message import Payload
 from scatterguard.quarantine import Metadata, NotFound, Store
 from scatterguard.reinject import CommandReinjector
 from scatterguard.verdict import Action, Decision
@@ -650,6 +652,41 @@ def test_release_after_a_failed_attempt(store: Store, tmp_path: Path) -> None:
     assert quarantine.release(store, entry.id, reinjector, io.StringIO(), err) == 1
     assert err.getvalue() == f"quarantine: no entry {entry.id}\n"
     assert len(sendmail.calls) == 1
+
+
+def test_concurrent_releases_deliver_once(store: Store, tmp_path: Path) -> None:
+    """Two releases (or a release and a delete) of one entry at the same moment: the second is
+    refused while the first runs, and finds the entry gone afterwards; one copy is delivered."""
+    entry = store.put(meta(), DATA)
+    started, proceed = threading.Event(), threading.Event()
+    delivered: list[bytes] = []
+
+    def slow(sender: str, recipients: object, data: Payload) -> None:
+        started.set()
+        assert proceed.wait(10)
+        delivered.append(bytes(data))
+
+    results: list[int] = []
+    first = threading.Thread(
+        target=lambda: results.append(quarantine.release(store, entry.id, slow, io.StringIO()))
+    )
+    first.start()
+    assert started.wait(10)
+    for command in (
+        lambda err: quarantine.release(store, entry.id, slow, io.StringIO(), err),
+        lambda err: quarantine.delete(store, entry.id, io.StringIO(), err),
+    ):
+        err = io.StringIO()
+        assert command(err) == 1
+        assert "is being released or deleted by another process" in err.getvalue()
+    proceed.set()
+    first.join(10)
+    assert results == [0]
+    assert len(delivered) == 1
+    err = io.StringIO()
+    assert quarantine.release(store, entry.id, slow, io.StringIO(), err) == 1
+    assert err.getvalue() == f"quarantine: no entry {entry.id}\n"
+    assert len(delivered) == 1
 
 
 def test_delete_command(store: Store) -> None:

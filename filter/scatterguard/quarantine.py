@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -427,6 +428,39 @@ class Store:
             raise QuarantineError(f"quarantine: {path} is damaged (size or digest differs)")
         return entry, data
 
+    @contextlib.contextmanager
+    def locked(self, entry_id: str) -> Iterator[None]:
+        """Hold one entry exclusively (release, delete) for the block, or raise at once.
+
+        Two administrators releasing the same entry at the same moment would otherwise both
+        re-inject it. The lock is an flock on the entry's own file, taken without waiting: a
+        second release is refused while the first runs, and once the first has removed the
+        entry the second finds it gone (the lock is checked to be on the file still named so).
+        """
+        path = self._path(entry_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise NotFound(f"quarantine: no entry {entry_id}") from None
+        except OSError as exc:
+            raise QuarantineError(f"quarantine: cannot open {path}: {_reason(exc)}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise QuarantineError(
+                    f"quarantine: entry {entry_id} is being released or deleted by another process"
+                ) from None
+            try:
+                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise NotFound(f"quarantine: no entry {entry_id}")
+            yield
+        finally:
+            os.close(fd)
+
     # ---- removing ------------------------------------------------------------------------
 
     def delete(self, entry_id: str) -> None:
@@ -709,6 +743,16 @@ def release(
 ) -> int:
     """Re-inject an entry with its original envelope; remove it only once that succeeded."""
     try:
+        with store.locked(entry_id):
+            return _release(store, entry_id, reinjector, out, err)
+    except QuarantineError as exc:
+        return _fail(err, exc)
+
+
+def _release(
+    store: Store, entry_id: str, reinjector: Reinjector, out: TextIO, err: TextIO | None
+) -> int:
+    try:
         entry, data = store.get(entry_id)
         payload = release_payload(entry, data)
     except QuarantineError as exc:
@@ -739,7 +783,8 @@ def release(
 def delete(store: Store, entry_id: str, out: TextIO, err: TextIO | None = None) -> int:
     """Remove an entry without delivering it."""
     try:
-        store.delete(entry_id)
+        with store.locked(entry_id):
+            store.delete(entry_id)
     except QuarantineError as exc:
         return _fail(err, exc)
     out.write(f"deleted {entry_id}\n")
