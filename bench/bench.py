@@ -974,6 +974,12 @@ def section_b(
     warning = throughput.wait_until_postfix_is_free(log)
     if warning:
         problems.append(warning)
+    # Sections a, c and d run the filter as root, which leaves root-owned subdirectories (the
+    # delivery record, the spool) in the quarantine: the filter user that Postfix runs would
+    # rightly defer every message it cannot record. Start (b) from a fresh directory it owns.
+    shutil.rmtree(WORK / "quarantine", ignore_errors=True)
+    (WORK / "quarantine").mkdir()
+    shutil.chown(WORK / "quarantine", FILTER_USER, FILTER_USER)
     log(f"(b) Postfix: {rounds} rounds of {count} messages")
     batches, notes = postfix_throughput(interp, dns_server, configs, count, rounds, amavis)
     problems.extend(notes)
