@@ -24,6 +24,7 @@ import os
 import platform
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -43,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import measure
 import throughput
 import workload
-from measure import CpuGroup, Sample, median, run_child
+from measure import CpuGroup, Sample, median
+from measure import run_child as _run_child
 
 from e2e import harness
 
@@ -313,6 +315,22 @@ def server_group_usage(servers: Sequence[Server]) -> Iterator[dict[str, float]]:
         start, end = before[s.interp.key], s.group.usage()
         if start is not None and end is not None:
             used[s.interp.key] = end - start
+
+
+def run_child(argv: Sequence[str], stdin: Path) -> Sample:
+    """Run one filter (or other) process, with a queue id of its own.
+
+    Every run must be a new message to the filter, as every MTA delivery is: the filter records
+    each re-injected queue id (with the envelope and bytes), and a repeat of one is a retry of a
+    delivery already made, which it skips without checking anything.
+    """
+    return _run_child([_fresh(arg) for arg in argv], stdin)
+
+
+def _fresh(arg: str) -> str:
+    if arg.startswith("--queue-id="):
+        return f"--queue-id=4{secrets.token_hex(5).upper()}"
+    return arg
 
 
 # --- a: per message -------------------------------------------------------------------------------
