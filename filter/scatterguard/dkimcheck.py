@@ -113,7 +113,6 @@ _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}\Z")
 _DIGITS = re.compile(rb"[0-9]{1,76}\Z")
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+\Z")
 _NEWLINE = re.compile(rb"\r?\n")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 # Linear forms of RFC 6376 §3.4.4 (a) and (b): the look-behind makes a match start only at the
 # beginning of a run of WSP, so a long run is scanned once, not once per character.
 _TRAILING_WSP = re.compile(rb"(?<![\t ])[\t ]+(?=\r\n)")
@@ -457,7 +456,9 @@ def crlf(body: memoryview | bytes) -> bytes:
     ends in CRLF already, one more when some end in LF.
     """
     data = bytes(body)
-    if _BARE_LF.search(data) is None:
+    # Every CRLF holds one LF: equal counts mean no bare LF (two memchr-speed passes, where a
+    # search for a LF not preceded by CR tries the pattern at every byte).
+    if data.count(b"\n") == data.count(b"\r\n"):
         return data
     if b"\r\n" not in data:
         return data.replace(b"\n", b"\r\n")
@@ -471,8 +472,12 @@ def canonical_body(body: bytes, canon: bytes) -> bytes:
     dkimpy's ``canonicalize_body`` gives.
     """
     if canon == b"relaxed":
-        body = _TRAILING_WSP.sub(b"", body)
-        body = _WSP_TO_COMPRESS.sub(b" ", body)
+        # Each substitution runs only when the body holds what it would change: a substring
+        # test is a fast scan, while the patterns are tried at every byte (0.3 s for 10 MB).
+        if b" \r\n" in body or b"\t\r\n" in body:
+            body = _TRAILING_WSP.sub(b"", body)
+        if b"\t" in body or b"  " in body:
+            body = _WSP_TO_COMPRESS.sub(b" ", body)
         body = _strip_trailing_lines(body)
         # §3.4.4 with erratum 3312: an empty body canonicalises to nothing, not to one CRLF.
         return b"" if body == b"\r\n" else body
