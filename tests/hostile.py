@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dates import RECEIVED_DATE
+
 AUTHSERV = "mx.rcpt.example"
 SENDER = "alice@sender.example"
 CLIENT = "192.0.2.5"
@@ -109,7 +111,7 @@ def message(
 ) -> bytes:
     """A plain message from ``sender`` with ``headers`` after From, joined with ``eol``."""
     top = [
-        b"Received: from mx.sender.example by mx.rcpt.example; Fri, 27 Nov 2026 06:00:00 +0000",
+        b"Received: from mx.sender.example by mx.rcpt.example; " + RECEIVED_DATE,
         b"From: " + sender,
         b"To: bob@rcpt.example",
         b"Subject: test",
@@ -311,7 +313,7 @@ def _encodings() -> Iterator[HostileMessage]:
     )
     yield HostileMessage(
         "mixed-line-endings",
-        b"Received: from x by mx.rcpt.example; Fri, 27 Nov 2026 06:00:00 +0000\r\n"
+        b"Received: from x by mx.rcpt.example; " + RECEIVED_DATE + b"\r\n"
         b"From: alice@sender.example\nSubject: mixed\r\r\nX-CR: a\r\n\nbody\r\nline\nline\r",
         DELIVER,
         "CRLF, LF and CR line endings mixed",
@@ -505,7 +507,9 @@ def _forged() -> Iterator[HostileMessage]:
     ]
     body = b"Authentication-Results: mx.rcpt.example; spf=pass\n(in the body: kept)\n"
     data = (
-        b"Received: from x by mx.rcpt.example; Fri, 27 Nov 2026 06:00:00 +0000\n"
+        b"Received: from x by mx.rcpt.example; "
+        + RECEIVED_DATE
+        + b"\n"
         + b"".join(ours[:3])
         + b"From: alice@sender.example\n"
         + b"".join(theirs)

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dates import RECEIVED_DATE
 from dnsserver import DnsServer
 from fakes import FakeSendmail
 from scatterguard.config import Config, QuarantineConfig
@@ -111,7 +112,9 @@ def mta(tmp_path: Path, dns_server: DnsServer) -> Filter:
 
 def message(sender: str = "alice@sender.example", extra: bytes = b"") -> bytes:
     return (
-        b"Received: from mx.sender.example by mx.rcpt.example; Fri, 27 Nov 2026 06:00:00 +0000\n"
+        b"Received: from mx.sender.example by mx.rcpt.example; "
+        + RECEIVED_DATE
+        + b"\n"
         + extra
         + b"From: "
         + sender.encode()

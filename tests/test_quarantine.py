@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dates import RECEIVED_DATE
 from fakes import FakeSendmail
 from scatterguard import quarantine
 from scatterguard.envelope import Address, Envelope
@@ -38,7 +39,7 @@ AR = (
     " dmarc=fail policy.dmarc=reject header.from=reject.example"
 )
 DATA = (
-    b"Received: from mx.sender.example by mx.rcpt.example; Fri, 27 Nov 2026 06:00:00 +0000\n"
+    b"Received: from mx.sender.example by mx.rcpt.example; " + RECEIVED_DATE + b"\n"
     b"From: ceo@reject.example\nTo: bob@rcpt.example\nSubject: pay now\n"
     b"\nHi Bob,\n\xe9t\xe9 \x00\r\n.\n"
 )

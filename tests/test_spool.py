@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dates import RECEIVED_DATE
 from dnsserver import DnsServer
 from fakes import FakeSendmail
 from scatterguard import cli, intake, pipeline, spool
@@ -73,7 +74,7 @@ def spooled(data: bytes, directory: Path) -> Spooled:
 
 def message(sender: str = "alice@sender.example", body: bytes = b"Hi Bob,\n") -> bytes:
     return (
-        b"Received: from mx.sender.example by mx.rcpt.example; Fri, 27 Nov 2026 06:00:00 +0000\n"
+        b"Received: from mx.sender.example by mx.rcpt.example; " + RECEIVED_DATE + b"\n"
         b"From: " + sender.encode() + b"\nTo: bob@rcpt.example\nSubject: big\n"
         b"Message-ID: <big@sender.example>\n\n" + body
     )
