@@ -98,6 +98,22 @@ class Filter:
             check=False,
         )
 
+    def start(self, args: list[str], data: bytes) -> subprocess.Popen[bytes]:
+        """Start the filter on ``data`` without waiting for it (to kill it, or its server)."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scatterguard", "--config", str(self.config), "filter", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environ,
+        )
+        assert process.stdin is not None
+        process.stdin.write(data)
+        process.stdin.close()
+        process.stdin = None  # written; communicate() must not flush it again
+        return process
+
     def entries(self) -> list[Path]:
         if not self.quarantine.exists():
             return []
@@ -471,26 +487,11 @@ def test_failed_reinjection_leaves_no_marker(mta: Filter) -> None:
     assert len(mta.sendmail.calls) == 1
 
 
-def _wait(what: str, condition: Callable[[], bool], limit: float = 20.0) -> None:
+def wait_until(what: str, condition: Callable[[], bool], limit: float = 20.0) -> None:
     end = time.monotonic() + limit
     while not condition():
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.02)
-
-
-def _start(mta: Filter, args: list[str], data: bytes) -> subprocess.Popen[bytes]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scatterguard", "--config", str(mta.config), "filter", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=environ,
-    )
-    assert process.stdin is not None
-    process.stdin.write(data)
-    process.stdin.close()
-    return process
 
 
 def _reinjectors() -> list[int]:
@@ -519,15 +520,15 @@ def test_filter_killed_during_reinjection_delivers_once(
     it and then exits 0 without a second copy."""
     args = envelope("alice@sender.example", "192.0.2.5", queue_id="4KillMid")
     mta.sendmail.delay(1.5)
-    first = _start(mta, args, message())
-    _wait("the re-injection command to start", lambda: bool(mta.sendmail.running()))
+    first = mta.start(args, message())
+    wait_until("the re-injection command to start", lambda: bool(mta.sendmail.running()))
     first.kill()
     assert first.wait(timeout=10) == -signal.SIGKILL
     assert mta.sendmail.calls == []
     mta.sendmail.delay(None)
     if not retry_while_running:
-        _wait("the re-injection to finish", lambda: len(mta.sendmail.calls) == 1)
-        _wait("the re-injection process to exit", lambda: not _reinjectors())
+        wait_until("the re-injection to finish", lambda: len(mta.sendmail.calls) == 1)
+        wait_until("the re-injection process to exit", lambda: not _reinjectors())
     retry = mta.run(args, message())
     assert (retry.returncode, retry.stdout, retry.stderr) == (0, b"", b"")
     assert len(mta.sendmail.calls) == 1
@@ -558,8 +559,8 @@ def test_killed_reinjection_process_is_retried(mta: Filter) -> None:
     the filter defers and the retry delivers."""
     args = envelope("alice@sender.example", "192.0.2.5", queue_id="4ChildDies")
     mta.sendmail.delay(30)
-    first = _start(mta, args, message())
-    _wait("the re-injection command to start", lambda: bool(mta.sendmail.running()))
+    first = mta.start(args, message())
+    wait_until("the re-injection command to start", lambda: bool(mta.sendmail.running()))
     for pid in _reinjectors():
         os.kill(pid, signal.SIGKILL)
     for path in mta.sendmail.running():

@@ -26,7 +26,7 @@ import pytest
 
 import scatterguard
 from dnsserver import DnsServer
-from test_filter import ZONE, Filter, envelope, message
+from test_filter import ZONE, Filter, envelope, message, wait_until
 
 
 class Server:
@@ -177,24 +177,7 @@ def test_server_killed_mid_message_defers_then_delivers_once(
     """A worker killed while it holds a message: the client exits 75; the retry delivers once."""
     mta, server = served
     dns_server.silent = True
-    client = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scatterguard",
-            "--config",
-            str(mta.config),
-            "filter",
-            *envelope("alice@sender.example", "192.0.2.5"),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert client.stdin is not None
-    client.stdin.write(message())
-    client.stdin.close()
-    client.stdin = None  # handed over; communicate() must not flush it again
+    client = mta.start(envelope("alice@sender.example", "192.0.2.5"), message())
     time.sleep(1.0)  # the worker is now waiting on silent DNS
     for pid in server.workers():
         os.kill(pid, signal.SIGKILL)
@@ -218,20 +201,8 @@ def test_worker_killed_during_reinjection_delivers_once(
     mta, server = served
     args = envelope("alice@sender.example", "192.0.2.5", queue_id="4WorkerDies")
     mta.sendmail.delay(1.5)
-    client = subprocess.Popen(
-        [sys.executable, "-m", "scatterguard", "--config", str(mta.config), "filter", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert client.stdin is not None
-    client.stdin.write(message())
-    client.stdin.close()
-    client.stdin = None  # handed over; communicate() must not flush it again
-    deadline = time.monotonic() + 20
-    while not mta.sendmail.running():
-        assert time.monotonic() < deadline, "the re-injection command never started"
-        time.sleep(0.02)
+    client = mta.start(args, message())
+    wait_until("the re-injection command to start", lambda: bool(mta.sendmail.running()))
     for pid in server.workers():
         os.kill(pid, signal.SIGKILL)
     out, _ = client.communicate(timeout=30)
