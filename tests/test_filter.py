@@ -297,7 +297,7 @@ def test_deadline_defers(tmp_path: Path, dns_server: DnsServer) -> None:
     "args",
     [
         pytest.param(["-f", "a@sender.example", "--"], id="no-recipients"),
-        pytest.param(["-f", "not an address", "--", "b@rcpt.example"], id="bad-sender"),
+        pytest.param(["-f", "a\x07b@sender.example", "--", "b@rcpt.example"], id="bad-sender"),
         pytest.param(["--bogus-option", "--", "b@rcpt.example"], id="unknown-option"),
         pytest.param(["--queue-id=../../x", "-f", "", "--", "b@rcpt.example"], id="queue-id-path"),
     ],
