@@ -773,6 +773,47 @@ def envelopes() -> list[HostileEnvelope]:
             "a 300-character local part in the sender",
         ),
     ]
+    cases += _issue12_reverse_paths()
     names = [case.name for case in cases]
     assert len(names) == len(set(names)), "duplicate case names"
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 item 7 (and 5): reverse-paths as Postfix (pipe flag q quotes the local part) and
+# Exim (BSMTP MAIL FROM carries it unquoted) hand them over. Every one is filtered, none deferred.
+
+
+def _issue12_reverse_paths() -> list[HostileEnvelope]:
+    spoof = "SPF none for it, DMARC p=reject of sender.example fails, unverified: quarantined"
+    passes = "SPF pass for sender.example, DMARC pass: delivered"
+    argv = [
+        ("rp-ipv6-literal", "user@[IPv6:2001:db8::1]", QUARANTINE, f"an IPv6 literal: {spoof}"),
+        ("rp-ipv4-literal", "user@[192.0.2.1]", QUARANTINE, f"an IPv4 literal: {spoof}"),
+        ("rp-underscore", "bounce@mail_out.sender.example", QUARANTINE, f"underscores: {spoof}"),
+        ("rp-exim-dots", "a..b@sender.example", DELIVER, f"Exim's unquoted a..b: {passes}"),
+        ("rp-quoted-at", '"a@b"@sender.example', DELIVER, f"a quoted @: {passes}"),
+        (
+            "rp-quoted-at-other-domain",
+            '"alice@sender.example"@reject.example',
+            QUARANTINE,
+            "a quoted @ naming another domain: SPF fail for reject.example (the domain evaluated "
+            "and reported), DMARC fails, unverified: quarantined",
+        ),
+        (
+            "rp-exim-at",
+            "a@b@sender.example",
+            DELIVER,
+            f"Exim's unquoted a@b (not strict): {passes}",
+        ),
+        ("rp-trailing-dot", "alice@sender.example.", DELIVER, f"a trailing dot: {passes}"),
+        ("rp-utf8", "élise@sender.example", DELIVER, f"an SMTPUTF8 local part: {passes}"),
+        ("rp-source-route", "@relay.example:alice@sender.example", DELIVER, f"a route: {passes}"),
+        ("rp-no-domain", "postmaster", QUARANTINE, f"no domain at all: {spoof}"),
+    ]
+    cases = [
+        HostileEnvelope(name, envelope_args(sender=path), expect, about)
+        for name, path, expect, about in argv
+    ]
+    # The same paths through BSMTP: tests/test_filter.py (test_bsmtp_reverse_paths_are_filtered).
     return cases

@@ -1032,7 +1032,10 @@ def test_check_dmarc_several_domains(
 @pytest.mark.parametrize(
     ("froms", "expected"),
     [
-        pytest.param(("a@slow.example, b@victim.example",), Result.FAIL, id="temperror-and-fail"),
+        # Issue 12 item 6: slow.example's policy could not be read; it may be stricter.
+        pytest.param(
+            ("a@slow.example, b@victim.example",), Result.TEMPERROR, id="temperror-and-fail"
+        ),
         pytest.param(
             ("a@slow.example, b@good.example",), Result.TEMPERROR, id="temperror-and-pass"
         ),
@@ -1044,11 +1047,77 @@ def test_check_dmarc_several_domains(
 def test_check_dmarc_several_domains_temperror(
     dns_server: DnsServer, resolver: Resolver, froms: tuple[str, ...], expected: Result
 ) -> None:
-    """A fail beats a temperror; a temperror beats pass and none, since that domain might fail."""
+    """A temperror whose policy is unknown beats a fail, and pass and none too: it might fail."""
     load(dns_server, MULTI_ZONE)
     dns_server.fault("_dmarc.slow.example", "servfail")
     result = check_dmarc(resolver, message(*froms), NO_SPF, (dkim("good.example"),), None)
     assert result.result is expected
+
+
+OPEN_ZONE = (
+    ("_dmarc.openrej.example", "v=DMARC1; p=reject"),
+    ("_dmarc.openrejt.example", "v=DMARC1; p=reject; t=y"),
+    ("_dmarc.openquar.example", "v=DMARC1; p=quarantine"),
+    ("_dmarc.openlax.example", "v=DMARC1; p=none"),
+    ("_dmarc.failnone.example", "v=DMARC1; p=none"),
+    ("_dmarc.failquar.example", "v=DMARC1; p=quarantine"),
+    ("_dmarc.failquart.example", "v=DMARC1; p=quarantine; t=y"),
+    ("_dmarc.failrej.example", "v=DMARC1; p=reject"),
+)
+
+
+@pytest.mark.parametrize(
+    ("froms", "expected"),
+    [
+        pytest.param(
+            "a@openrej.example, b@failnone.example",
+            (Result.TEMPERROR, "openrej.example", Policy.REJECT),
+            id="open-reject-beside-failing-none",
+        ),
+        pytest.param(
+            "a@failquart.example, b@openrej.example",
+            (Result.TEMPERROR, "openrej.example", Policy.REJECT),
+            id="open-reject-beside-failing-quarantine-t-y",
+        ),
+        pytest.param(
+            "a@openrej.example, b@failquar.example",
+            (Result.TEMPERROR, "openrej.example", Policy.REJECT),
+            id="open-reject-beside-failing-quarantine",
+        ),
+        pytest.param(
+            "a@openquar.example, b@failrej.example",
+            (Result.FAIL, "failrej.example", Policy.REJECT),
+            id="open-quarantine-beside-failing-reject-fails",
+        ),
+        pytest.param(
+            "a@openrejt.example, b@failquar.example",
+            (Result.FAIL, "failquar.example", Policy.QUARANTINE),
+            id="open-reject-t-y-is-not-stricter-than-quarantine",
+        ),
+        pytest.param(
+            "a@openlax.example, b@failnone.example",
+            (Result.FAIL, "failnone.example", Policy.NONE),
+            id="open-none-beside-failing-none-fails",
+        ),
+        pytest.param(
+            "a@openlax.example, b@openrej.example",
+            (Result.TEMPERROR, "openrej.example", Policy.REJECT),
+            id="strictest-open-domain-reported",
+        ),
+    ],
+)
+def test_open_domain_stricter_than_the_failing_one_keeps_it_open(
+    dns_server: DnsServer, resolver: Resolver, froms: str, expected: tuple[Result, str, Policy]
+) -> None:
+    """An open domain (its aligned DKIM signature ended in temperror) whose effective policy is
+    stricter than the strictest failing one keeps the message open (DESIGN.md rule 3)."""
+    load(dns_server, OPEN_ZONE)
+    open_signatures = tuple(
+        dkim(name, "temperror") for name in ("openrej.example", "openrejt.example",
+                                             "openquar.example", "openlax.example")
+    )  # fmt: skip
+    result = check_dmarc(resolver, message(froms), NO_SPF, open_signatures, None)
+    assert (result.result, result.domain, result.policy) == expected
 
 
 def test_check_dmarc_too_many_domains(dns_server: DnsServer, resolver: Resolver) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scatterguard.envelope import from_values, parse_sender
 from scatterguard.errors import UsageError
@@ -31,15 +34,14 @@ def test_senders(text: str, domain: str | None) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        pytest.param("no-at-sign", id="no-at"),
         pytest.param("a@b\r\nRCPT TO:<x@y>", id="crlf"),
         pytest.param("a\x00@example.test", id="nul"),
-        pytest.param("a@@example.test", id="double-at"),
-        pytest.param("a@-bad-.example", id="bad-label"),
+        pytest.param("a\x7f@example.test", id="del"),
     ],
 )
 def test_bad_senders(text: str) -> None:
-    """An unparsable sender is a usage error (the filter defers, never bounces)."""
+    """A sender with control characters is a usage error (the filter defers, never bounces):
+    no MTA hands one over."""
     with pytest.raises(UsageError):
         parse_sender(text)
 
@@ -115,3 +117,63 @@ def test_long_helo_is_dropped() -> None:
     """A 300-character HELO is the client's fault: it is ignored, not an error."""
     envelope = from_values("a@x.example", ["b@y.example"], {"helo": "h" * 300}, {})
     assert envelope.helo is None
+
+
+@pytest.mark.parametrize(
+    ("text", "domain", "strict"),
+    [
+        pytest.param("user@[IPv6:2001:db8::1]", None, True, id="ipv6-literal"),
+        pytest.param("user@[192.0.2.1]", None, True, id="ipv4-literal"),
+        pytest.param("user@[x-tag:some@thing]", None, True, id="general-literal"),
+        pytest.param(
+            "bounce@mail_out.sender.example", "mail_out.sender.example", True, id="underscore"
+        ),
+        pytest.param("a..b@sender.example", "sender.example", True, id="exim-unquoted-dots"),
+        pytest.param(".a.@sender.example", "sender.example", True, id="exim-edge-dots"),
+        pytest.param('"a@b"@victim.example', "victim.example", True, id="quoted-at"),
+        pytest.param('"a b\\"c"@victim.example', "victim.example", True, id="quoted-pair"),
+        pytest.param('"a".b@victim.example', "victim.example", True, id="obsolete-words"),
+        pytest.param("user@Sender.Example.", "sender.example", True, id="trailing-dot"),
+        pytest.param("üser@bücher.example", "xn--bcher-kva.example", True, id="smtputf8"),
+        pytest.param("@a.example,@b.example:u@c.example", "c.example", True, id="source-route"),
+        pytest.param("@[IPv6:::1]:u@c.example", "c.example", True, id="source-route-literal"),
+        pytest.param("a@b@victim.example", "victim.example", False, id="exim-unquoted-at"),
+        pytest.param("a b@victim.example", "victim.example", False, id="exim-unquoted-space"),
+        pytest.param("@victim.example", "victim.example", False, id="empty-local-part"),
+        pytest.param('a"b"@victim.example', "victim.example", False, id="words-without-dot"),
+        pytest.param("@a.example:@b:u@c.example", "c.example", False, id="bad-route"),
+        pytest.param("no-at-sign", None, False, id="no-at"),
+        pytest.param("not an address", None, False, id="words"),
+        pytest.param("a@-bad-.example", None, False, id="bad-label"),
+        pytest.param("user@", None, False, id="empty-domain"),
+        pytest.param('"a@b', None, False, id="unclosed-quote"),
+        pytest.param("user@[bogus]", None, False, id="bad-literal"),
+        pytest.param("user@[IPv6:2001:db8::zz]", None, False, id="bad-ipv6-literal"),
+    ],
+)
+def test_reverse_paths_as_mtas_hand_them_over(text: str, domain: str | None, strict: bool) -> None:
+    """Every reverse-path Postfix or Exim can pass is read, never refused: the domain after the
+    last @ outside quotes and literals, and whether the whole path is strict (verifiable)."""
+    sender = parse_sender(text)
+    assert sender is not None
+    assert (sender.domain, sender.strict) == (domain, strict)
+    assert sender.text == text
+    if not strict or domain is None:
+        assert sender.problem
+
+
+@given(st.text(max_size=80))
+def test_parse_sender_never_raises_but_for_control_characters(text: str) -> None:
+    """Arbitrary text parses (or raises UsageError for a control character); the domain reported
+    is what follows the last @ of the text, and a strict path has exactly one unquoted @."""
+    try:
+        sender = parse_sender(text)
+    except UsageError:
+        assert re.search(r"[\x00-\x1f\x7f]", text)
+        return
+    if sender is None:
+        assert text in ("", "<>")
+        return
+    if sender.domain is not None:
+        raw = sender.text.rpartition("@")[2].rstrip(".")
+        assert sender.domain == raw.lower() or not raw.isascii()

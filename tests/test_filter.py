@@ -297,7 +297,7 @@ def test_deadline_defers(tmp_path: Path, dns_server: DnsServer) -> None:
     "args",
     [
         pytest.param(["-f", "a@sender.example", "--"], id="no-recipients"),
-        pytest.param(["-f", "not an address", "--", "b@rcpt.example"], id="bad-sender"),
+        pytest.param(["-f", "a\x07b@sender.example", "--", "b@rcpt.example"], id="bad-sender"),
         pytest.param(["--bogus-option", "--", "b@rcpt.example"], id="unknown-option"),
         pytest.param(["--queue-id=../../x", "-f", "", "--", "b@rcpt.example"], id="queue-id-path"),
     ],
@@ -570,3 +570,177 @@ def test_killed_reinjection_process_is_retried(mta: Filter) -> None:
     mta.sendmail.delay(None)
     assert mta.run(args, message()).returncode == 0
     assert len(mta.sendmail.calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 items 4, 5, 6, 7 and 13 through the real CLI.
+
+ISSUE12_ZONE = """
+lists.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
+openrej.example. 300 IN TXT "v=spf1 include:slow.openrej-dns.example -all"
+_dmarc.openrej.example. 300 IN TXT "v=DMARC1; p=reject"
+_dmarc.nonefail.example. 300 IN TXT "v=DMARC1; p=none"
+ptrv.example. 300 IN TXT "v=spf1 ptr -all"
+_dmarc.ptrv.example. 300 IN TXT "v=DMARC1; p=reject"
+""" + "".join(f"50.113.0.203.in-addr.arpa. 300 IN PTR n{n}.attacker.example.\n" for n in range(10))
+
+
+def _old_message(sender: str, age: float) -> bytes:
+    """A message whose topmost Received field is ``age`` seconds old."""
+    import email.utils
+
+    date = email.utils.formatdate(time.time() - age).encode()
+    return message(sender).replace(RECEIVED_DATE, date)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("user@[IPv6:2001:db8::1]", id="ipv6-literal"),
+        pytest.param("user@[192.0.2.1]", id="ipv4-literal"),
+        pytest.param("bounce@mail_out.nodmarc.example", id="underscore"),
+        pytest.param("a..b@nodmarc.example", id="exim-unquoted-dots"),
+        pytest.param("a@b@nodmarc.example", id="exim-unquoted-at"),
+        pytest.param('"a b"@nodmarc.example', id="quoted"),
+        pytest.param("user@nodmarc.example.", id="trailing-dot"),
+        pytest.param("üser@nodmarc.example", id="smtputf8"),
+        pytest.param("@relay.example:user@nodmarc.example", id="source-route"),
+        pytest.param("not an address", id="no-domain"),
+    ],
+)
+def test_reverse_paths_the_mta_accepted_are_filtered(mta: Filter, path: str) -> None:
+    """Issue 12 item 7: every reverse-path an MTA can hand over is filtered (here delivered,
+    exit 0, not 75), and the re-injection gets it back byte for byte."""
+    done = mta.run(envelope(path, "192.0.2.5"), message("x@nodmarc.example"))
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    [call] = mta.sendmail.calls
+    assert call.argv[:4] == ["-G", "-i", "-f", path]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("a..b@nodmarc.example", id="exim-unquoted-dots"),
+        pytest.param("a@b@nodmarc.example", id="exim-unquoted-at"),
+        pytest.param("user@[IPv6:2001:db8::1]", id="ipv6-literal"),
+    ],
+)
+def test_bsmtp_reverse_paths_are_filtered(mta: Filter, path: str) -> None:
+    """The same through Exim's BSMTP: filtered, and the path re-injected as it came."""
+    batch = (
+        f"MAIL FROM:<{path}>\nRCPT TO:<bob@rcpt.example>\nDATA\n".encode()
+        + message("x@nodmarc.example").replace(b"\n.", b"\n..")  # dot-stuffed
+        + b".\n"
+    )
+    done = mta.run(["--bsmtp"], batch, {"SCATTERGUARD_CLIENT_ADDRESS": "192.0.2.5"})
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    [call] = mta.sendmail.calls
+    assert call.argv[:4] == ["-G", "-i", "-f", path]
+
+
+def test_unparsable_reverse_path_is_never_bounced(mta: Filter) -> None:
+    """Exim's unquoted a@b@verified.example is not strict: SPF passes for verified.example, yet a
+    p=reject failure is quarantined; the strict '"a@b"@verified.example' is bounced (69)."""
+    loose = mta.run(envelope("a@b@verified.example", "198.51.100.7"), message("ceo@reject.example"))
+    assert (loose.returncode, loose.stdout) == (0, b"")
+    assert len(mta.entries()) == 1
+    strict = mta.run(
+        envelope('"a@b"@verified.example', "198.51.100.7", queue_id="4Strict"),
+        message("ceo@reject.example"),
+    )
+    assert strict.returncode == 69
+    assert strict.stdout.startswith(b"5.7.26 ")
+
+
+def test_spf_is_evaluated_for_the_domain_reported(mta: Filter) -> None:
+    """Issue 12 item 5: '"a@b"@nodmarc.example' from a client nodmarc.example's SPF refuses was
+    evaluated by pyspf for 'b"@nodmarc.example' (none) and delivered; it is SPF fail for
+    nodmarc.example, with no DMARC policy: reject-class, unverified, quarantined."""
+    done = mta.run(envelope('"a@b"@nodmarc.example', "203.0.113.9"), message("x@nodmarc.example"))
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert mta.sendmail.calls == []
+    assert len(mta.entries()) == 1
+
+
+def test_check_json_reports_spf_for_the_evaluated_domain(mta: Filter) -> None:
+    """``check --json`` names the domain SPF was evaluated for, and its result."""
+    import json
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "scatterguard", "--config", str(mta.config)),
+            *("check", "--json", *envelope('"a@b"@nodmarc.example', "203.0.113.9")),
+        ],
+        input=message("x@nodmarc.example"),
+        capture_output=True,
+        timeout=60,
+        env=environ,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["spf"]["result"], report["spf"]["domain"]) == ("fail", "nodmarc.example")
+    assert report["action"] == "quarantine"
+
+
+def test_dkim_replay_with_forged_mail_from_is_not_bounced(
+    mta: Filter, dns_server: DnsServer
+) -> None:
+    """Issue 12 item 13: a message signed by lists.example, From a p=reject domain, replayed with
+    MAIL FROM anyone@lists.example by a client lists.example's SPF refuses, is quarantined, not
+    bounced to that forged address (exit 0, not 69)."""
+    from signing import Signer
+
+    dns_server.records.add_text(ISSUE12_ZONE)
+    signer = Signer("lists.example")
+    signer.publish(dns_server)
+    signed = signer.sign(message("ceo@reject.example"))
+    done = mta.run(envelope("anyone@lists.example", "203.0.113.9"), signed)
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert len(mta.entries()) == 1
+    assert mta.sendmail.calls == []
+
+
+def test_open_reject_domain_beside_failing_none_domain_defers(
+    mta: Filter, dns_server: DnsServer
+) -> None:
+    """Issue 12 item 6: From openrej.example (SPF temperror, p=reject) and nonefail.example (fails,
+    p=none) was delivered under the failing p=none; the open p=reject domain keeps it open: 75."""
+    dns_server.records.add_text(ISSUE12_ZONE)
+    dns_server.fault("openrej-dns.example", "timeout")
+    data = message("a@openrej.example, b@nonefail.example")
+    done = mta.run(envelope("bounce@openrej.example", "203.0.113.9"), data)
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.4.3 ")
+    assert mta.sendmail.calls == []
+
+
+def test_open_reject_outcome_past_defer_max_age_is_quarantined(
+    mta: Filter, dns_server: DnsServer
+) -> None:
+    """Issue 12 item 4 / rule 2: past defer_max_age, an outcome still open under p=reject was
+    delivered; it is quarantined (exit 0, nothing re-injected)."""
+    dns_server.records.add_text(ISSUE12_ZONE)
+    dns_server.fault("openrej-dns.example", "timeout")
+    data = _old_message("a@openrej.example", 5 * 3600)
+    done = mta.run(envelope("bounce@openrej.example", "203.0.113.9"), data)
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert mta.sendmail.calls == []
+    assert len(mta.entries()) == 1
+
+
+def test_attackers_reverse_zone_does_not_make_the_victims_spf_temperror(
+    tmp_path: Path, dns_server: DnsServer
+) -> None:
+    """Issue 12 item 4: ten PTR names in the attacker's zone whose A lookups time out (2.5 s each)
+    used up the 20 s SPF budget: temperror, deferred. The ptr mechanism does not match: SPF fail,
+    DMARC p=reject fails, unverified: quarantined, exit 0, in well under the budget."""
+    dns_server.records.add_text(ZONE + ISSUE12_ZONE)
+    dns_server.fault("attacker.example", "timeout")
+    mta = Filter(tmp_path, dns_server, dns_timeout="2.5", timeout='"60s"')
+    started = time.monotonic()
+    done = mta.run(envelope("ceo@ptrv.example", "203.0.113.50"), message("ceo@ptrv.example"))
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert len(mta.entries()) == 1
+    assert time.monotonic() - started < 15

@@ -55,6 +55,9 @@ mail.helo.example.   300 IN TXT "v=spf1 a -all"
 mail.helo.example.   300 IN A   192.0.2.10
 macro.example.       300 IN TXT "v=spf1 exists:%{ir}.%{l}._spf.%{d} -all"
 10.2.0.192.alice._spf.macro.example. 300 IN A 127.0.0.2
+quoted.example.      300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
+lod.example.         300 IN TXT "v=spf1 exists:%{l}.%{o}.%{d}.m.lod.example -all"
+a@b.lod.example.lod.example.m.lod.example. 300 IN A 127.0.0.2
 """
 
 # Eleven a: mechanisms that each find an address: only the count of lookups breaks the record.
@@ -256,6 +259,29 @@ CASES = [
         Case("alice@[192.0.2.10]", "192.0.2.10", None, NONE, domain=None),
         id="sender-address-literal",
     ),
+    pytest.param(
+        Case("alice@[IPv6:2001:db8::1]", "192.0.2.10", None, NONE, domain=None),
+        id="sender-ipv6-literal",
+    ),
+    # Issue 12 item 5: pyspf splits at the first "@"; the domain evaluated is the one we report.
+    pytest.param(
+        Case('"a@b"@quoted.example', "198.51.100.7", None, FAIL,
+             asked=(("quoted.example.", "TXT"),)),
+        id="quoted-at-evaluates-the-reported-domain",
+    ),
+    pytest.param(
+        Case('"a@b"@quoted.example', "192.0.2.10", None, PASS), id="quoted-at-passes"
+    ),
+    pytest.param(
+        Case("a@b@lod.example", "192.0.2.10", None, PASS,
+             asked=(("a\\@b.lod.example.lod.example.m.lod.example.", "A"),)),
+        id="exim-unquoted-at-l-o-d-macros",
+    ),
+    pytest.param(
+        Case("@a.example,@b.example:x@quoted.example", "198.51.100.7", None, FAIL),
+        id="source-route-ignored",
+    ),
+    pytest.param(Case("not an address", "192.0.2.10", None, NONE, domain=None), id="no-domain"),
 ]  # fmt: skip
 
 
@@ -429,6 +455,49 @@ def test_spent_budget_is_not_skipped_in_ptr(dns_server: DnsServer, resolver: Res
     dns_server.records.add_text(ZONE)
     query = ResolverQuery(resolver, i="192.0.2.10", s="a@ptr.example", h="ptr.example")
     assert query.validated_ptrs() == ["mail.ptr.example"]
+    query = ResolverQuery(resolver, i="192.0.2.10", s="a@ptr.example", h="ptr.example")
     query.deadline = time.monotonic() - 1
     with pytest.raises(OutOfTime):
         query.validated_ptrs()
+
+
+# Issue 12 item 4: the client's reverse zone answers the PTR validation lookups. 203.0.113.50's
+# PTR names lie in attacker.example, whose nameserver never answers.
+PTR_ATTACK_ZONE = (
+    """
+ptrv.example. 300 IN TXT "v=spf1 ptr -all"
+pm.example.   300 IN TXT "v=spf1 exists:%{p}._p.pm.example -all"
+mail.pm.example._p.pm.example. 300 IN A 127.0.0.2
+mail.pm.example. 300 IN A 203.0.113.52
+"""
+    + "".join(f"50.113.0.203.in-addr.arpa. 300 IN PTR n{n}.attacker.example.\n" for n in range(10))
+    + "".join(f"51.113.0.203.in-addr.arpa. 300 IN PTR gone{n}.ptrv.example.\n" for n in range(5))
+    + "52.113.0.203.in-addr.arpa. 300 IN PTR n1.attacker.example.\n"
+    + ("52.113.0.203.in-addr.arpa. 300 IN PTR mail.pm.example.\n")
+)
+
+
+@pytest.mark.parametrize(
+    ("sender", "client", "expected"),
+    [
+        pytest.param("a@ptrv.example", "203.0.113.50", FAIL, id="timing-out-names-do-not-match"),
+        pytest.param("a@ptrv.example", "203.0.113.51", FAIL, id="void-names-are-not-void-lookups"),
+        pytest.param("a@pm.example", "203.0.113.52", PASS, id="p-macro-prefers-the-domain"),
+    ],
+)
+def test_attackers_reverse_zone_cannot_make_spf_temperror(
+    dns_server: DnsServer, resolver: Resolver, sender: str, client: str, expected: Result
+) -> None:
+    """PTR names whose address lookups time out use up no more than the PTR share of the budget
+    (the mechanism does not match, RFC 7208 §5.5), and nonexistent PTR names are no void
+    lookups: the client's reverse zone never turns the domain's SPF into temperror or permerror."""
+    dns_server.records.add_text(PTR_ATTACK_ZONE)
+    dns_server.fault("attacker.example", "timeout")
+    envelope = _envelope(Case(sender, client, None, expected))
+    started = time.monotonic()
+    mailfrom, _ = check_spf(resolver, envelope, query_time=2.0)
+    assert mailfrom.result is expected, mailfrom.reason
+    # 2 s budget, 0.5 s for PTR validation, lookups of 0.5 s: far from ten timeouts.
+    assert time.monotonic() - started < 1.5
+    asked = [name for name, _kind, _ in dns_server.queries if "attacker" in name]
+    assert len(set(asked)) <= 10

@@ -116,9 +116,49 @@ def report(
             report(dmarc="temperror", policy="reject"),
             envelope(),
             5 * 3600.0,
+            Action.QUARANTINE,
+            False,
+            id="rule2-open-p-reject-past-max-age-quarantines",
+        ),
+        pytest.param(
+            report(spf="pass", dmarc="temperror", policy="quarantine"),
+            envelope(),
+            5 * 3600.0,
+            Action.QUARANTINE,
+            True,
+            id="rule2-open-p-quarantine-past-max-age-quarantines",
+        ),
+        pytest.param(
+            report(dmarc="temperror", policy=None),
+            envelope(),
+            5 * 3600.0,
+            Action.QUARANTINE,
+            False,
+            id="rule2-open-unread-policy-past-max-age-quarantines",
+        ),
+        pytest.param(
+            report(dmarc="temperror", policy="reject", testing=True),
+            envelope(),
+            5 * 3600.0,
+            Action.QUARANTINE,
+            False,
+            id="rule2-open-p-reject-t-y-past-max-age-quarantines",
+        ),
+        pytest.param(
+            report(dmarc="temperror", policy="quarantine", testing=True),
+            envelope(),
+            60.0,
             Action.DELIVER,
             False,
-            id="rule2-dmarc-temperror-past-max-age-decides",
+            id="rule2-open-under-effective-none-is-not-open",
+        ),
+        pytest.param(
+            report(spf="temperror", dmarc="permerror"),
+            envelope(),
+            5 * 3600.0,
+            Action.DELIVER,
+            False,
+            id="rule2-spf-temperror-no-from-past-max-age-decides",
         ),
         pytest.param(
             report(spf="pass", dmarc="fail", policy="reject"),
@@ -189,8 +229,8 @@ def report(
             envelope(),
             None,
             Action.DELIVER,
-            True,
-            id="rule4-spf-fail-with-aligned-dkim-continues",
+            False,
+            id="rule4-spf-fail-with-aligned-dkim-continues-unverified",
         ),
         pytest.param(
             report(spf="fail", dmarc="permerror"),
@@ -236,12 +276,51 @@ def report(
             id="rule6-null-sender-never-bounced",
         ),
         pytest.param(
-            report(spf="fail", dmarc="fail", policy="reject", dkim_rp=True),
+            report(spf="none", dmarc="fail", policy="reject", dkim_rp=True),
             envelope(),
             None,
             Action.BOUNCE,
             True,
-            id="rule6-dkim-aligned-reverse-path-bounces",
+            id="rule6-dkim-aligned-spf-none-bounces",
+        ),
+        pytest.param(
+            report(spf="neutral", dmarc="fail", policy="reject", dkim_rp=True),
+            envelope(),
+            None,
+            Action.BOUNCE,
+            True,
+            id="rule6-dkim-aligned-spf-neutral-bounces",
+        ),
+        *(
+            pytest.param(
+                report(spf=word, dmarc="fail", policy="reject", dkim_rp=True),
+                envelope(),
+                None,
+                Action.QUARANTINE,
+                False,
+                id=f"rule6-dkim-replay-spf-{word}-not-verified",
+            )
+            for word in ("fail", "softfail", "temperror", "permerror")
+        ),
+        pytest.param(
+            report(spf="pass", dmarc="fail", policy="reject", dkim_rp=True),
+            envelope(sender=Address("a@b@sender.example", "a@b", "sender.example", strict=False)),
+            None,
+            Action.QUARANTINE,
+            False,
+            id="rule6-non-strict-reverse-path-never-verified",
+        ),
+        pytest.param(
+            AuthReport(
+                spf=SpfResult(Result.PASS, "mailfrom", "other.example"),
+                dkim=(),
+                dmarc=DmarcResult(Result.FAIL, "from.example", Policy.REJECT),
+            ),
+            envelope(),
+            None,
+            Action.QUARANTINE,
+            False,
+            id="rule6-spf-pass-for-another-domain-does-not-verify",
         ),
         pytest.param(
             report(spf="fail", dkim_rp=False),
@@ -276,7 +355,7 @@ def test_decision_table(
             report(spf="pass", dmarc="fail", policy="reject"), "5.7.26", id="dmarc-5.7.26"
         ),
         pytest.param(
-            report(spf="fail", dkim_rp=True, dmarc="fail", policy="reject"),
+            report(spf="neutral", dkim_rp=True, dmarc="fail", policy="reject"),
             "5.7.26",
             id="dmarc-first",
         ),
@@ -347,7 +426,7 @@ def test_effective_policy(policy: Policy | None, testing: bool, expected: Policy
 
 results = st.sampled_from(list(Result))
 policies = st.none() | st.sampled_from(list(Policy))
-domains = st.none() | st.text(max_size=30)
+domains = st.none() | st.just("sender.example") | st.text(max_size=30)
 
 
 @given(
@@ -389,3 +468,13 @@ def test_decide_never_raises(
         assert not null_sender
     if null_sender:
         assert not decision.reverse_path_verified
+    # DESIGN.md §verification: without trust, only SPF pass, or DKIM with SPF none/neutral.
+    if decision.reverse_path_verified and not sasl:
+        assert spf_identity == "mailfrom"
+        by_spf = spf is Result.PASS and domain == SENDER.domain
+        assert by_spf or (dkim_rp and spf in (Result.NONE, Result.NEUTRAL))
+    # Rule 2: an outcome open under reject, quarantine or an unread policy is never delivered
+    # (nor bounced) to anyone but a trusted client: deferred, or past defer_max_age kept.
+    effective = effective_policy(policy, testing)
+    if dmarc is Result.TEMPERROR and effective is not Policy.NONE and not sasl:
+        assert decision.action in (Action.DEFER, Action.QUARANTINE)

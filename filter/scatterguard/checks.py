@@ -34,7 +34,9 @@ def reverse_path_aligned(
     resolver: Resolver, envelope: Envelope, signatures: tuple[DkimResult, ...]
 ) -> bool:
     """True when a counting DKIM signature's d= shares the reverse-path's organizational domain."""
-    if envelope.sender is None:
+    # No domain (the null reverse-path, an address literal, a path without a usable domain):
+    # nothing to align with.
+    if envelope.sender is None or envelope.sender.domain is None:
         return False
     domain = envelope.sender.domain
     for sig in signatures:

@@ -21,7 +21,9 @@ Choices where RFC 9989 leaves room, made here once:
 - Several From domains (one field listing several, or repeated From fields) are each evaluated; the
   message fails if any fails, under the strictest policy among the failing ones (§11.5, DESIGN.md
   rule 3). A domain without a DMARC record cannot fail, so ``none`` + ``pass`` is ``pass``; any
-  ``temperror`` (and no ``fail``) is ``temperror``, because that domain might have failed.
+  ``temperror`` (and no ``fail``) is ``temperror``, because that domain might have failed; and a
+  ``temperror`` whose effective policy (after ``t=y``) is stricter than the strictest failing one,
+  or could not be read, is ``temperror`` even beside a ``fail``.
 - At most :data:`MAX_AUTHOR_DOMAINS` distinct From domains are evaluated (§11.5: limit the work).
   A message naming more is a DMARC ``fail`` with policy ``quarantine`` and no DNS at all: §11.5
   allows "a negative disposition decision ... prior to and instead of" DMARC processing, and
@@ -623,35 +625,57 @@ def _evaluate(org: OrgDomains, author: str, identifiers: list[_Identifier]) -> D
     )
 
 
+# Stricter than any published policy: an open domain whose policy could not be read at all.
+_UNKNOWN = 3
+
+
 def _severity(result: DmarcDomainResult) -> tuple[int, int]:
-    """How hard a failing domain's policy bites: t=y takes it one step down (RFC 9989 §4.7)."""
-    policy = result.policy or Policy.NONE
+    """How hard a domain's policy bites: ``(effective, published)`` strictness.
+
+    The effective policy is one step down under t=y (RFC 9989 §4.7), and it is what compares
+    between domains. An open (``temperror``) domain without a policy is one whose policy could
+    not be read: it might be anything, so it ranks above reject.
+    """
+    policy = result.policy
+    if policy is None:
+        return (_UNKNOWN, _UNKNOWN) if result.result is Result.TEMPERROR else (0, 0)
     effective = policy.strictness - (1 if result.testing and policy.strictness else 0)
     return effective, policy.strictness
 
 
 def _combine(results: tuple[DmarcDomainResult, ...]) -> DmarcResult:
-    """One verdict over all From domains (RFC 9989 §11.5, DESIGN.md rule 3)."""
+    """One verdict over all From domains (RFC 9989 §11.5, DESIGN.md rule 3).
+
+    Any failing domain fails the message under the strictest failing policy, unless a domain
+    whose outcome is still open has a stricter policy (or one we could not read): then that
+    domain might fail too, under a policy that would change the action, so the whole result
+    stays open (``temperror``, rule 2). Without a failure, any open domain keeps it open; the
+    strictest open one is reported, so decide() sees the policy that matters.
+    """
     several = f" ({len(results)} From domains)" if len(results) > 1 else ""
     failing = [r for r in results if r.result is Result.FAIL]
+    # max() keeps the first of equals: the earliest From domain among the strictest.
+    pending = [r for r in results if r.result is Result.TEMPERROR]
+    strictest_open = max(pending, key=_severity) if pending else None
+    note = ""
     if failing:
-        # max() keeps the first of equals: the earliest From domain among the strictest.
         chosen = max(failing, key=_severity)
         result = Result.FAIL
+        if strictest_open is not None and _severity(strictest_open)[0] > _severity(chosen)[0]:
+            note = f"; stricter than the failing {chosen.domain}, so the outcome stays open"
+            chosen, result = strictest_open, Result.TEMPERROR
+    elif strictest_open is not None:
+        chosen, result = strictest_open, Result.TEMPERROR
     else:
-        order = (Result.TEMPERROR, Result.PASS)
-        chosen = next(
-            (r for wanted in order for r in results if r.result is wanted),
-            results[0],
-        )
-        result = chosen.result if chosen.result in order else Result.NONE
+        chosen = next((r for r in results if r.result is Result.PASS), results[0])
+        result = chosen.result if chosen.result is Result.PASS else Result.NONE
     return DmarcResult(
         result,
         chosen.domain,
         chosen.policy if result is not Result.NONE else None,
         testing=chosen.testing if result is not Result.NONE else False,
         per_domain=results,
-        reason=f"{chosen.domain}: {chosen.reason}{several}",
+        reason=f"{chosen.domain}: {chosen.reason}{note}{several}",
     )
 
 

@@ -13,16 +13,6 @@ from dataclasses import dataclass
 
 from scatterguard.errors import UsageError
 
-# RFC 5321 §4.1.2 mailboxes; used where email-validator refuses an address that SMTP allows
-# (special-use names such as "localhost", quoted local parts) and the MTA has already accepted.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-# RFC 5321 §4.1.2 Quoted-string: printable ASCII, backslash pairs.
-_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
-_PLAIN_ADDRESS = re.compile(
-    rf"({_DOT_ATOM}|{_QUOTED})@((?:{_LABEL}\.)*{_LABEL}\.?|\[[0-9A-Fa-f:.v]+\])\Z"
-)
 # Bytes that must never travel inside an envelope value: they could split a log line, a header
 # or an argument.
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
@@ -36,11 +26,23 @@ MAX_HELO = 255
 
 @dataclass(frozen=True)
 class Address:
-    """A validated mailbox: the text as given, and its domain in ASCII (A-labels), lower case."""
+    """A non-null reverse-path as the MTA handed it over, and the one reading of it we act on.
+
+    ``text`` is the path exactly as given (without one enclosing ``<>``): it is what the
+    re-injection gets back, byte for byte. ``domain`` is the DNS domain after the path's last
+    ``@`` outside quotes and brackets, in ASCII (A-labels), lower case, without a final dot; it is
+    the one domain SPF evaluates, DMARC aligns and the A-R header reports. It is None when there is
+    no such domain (an address literal, a path without a usable domain). ``strict`` is True only
+    when the whole path follows RFC 5321 §4.1.2 (RFC 6531 §3.3 for UTF-8) with the obsolete forms
+    MTAs pass on: only such a path can be verified, since only there every reader agrees on
+    where the local part ends.
+    """
 
     text: str
     local_part: str
-    domain: str
+    domain: str | None
+    strict: bool = True
+    problem: str | None = None  # why the path is not strict, or has no domain
 
 
 @dataclass(frozen=True)
@@ -60,34 +62,178 @@ class Envelope:
         return self.sender.text if self.sender else ""
 
 
-def parse_address(text: str, what: str = "address") -> Address:
-    """Validate one mailbox (syntax only, never DNS) and return it with its ASCII domain."""
-    if _FORBIDDEN.search(text):
-        raise UsageError(f"{what} contains control characters")
-    if text.startswith("<") and text.endswith(">"):
-        text = text[1:-1]
-    if not text or "@" not in text:
-        raise UsageError(f"{what} {text!r} is not an address")
-    # Imported here: email-validator costs import time and only addresses that exist need it.
-    import email_validator
-
-    try:
-        valid = email_validator.validate_email(
-            text, check_deliverability=False, globally_deliverable=False
-        )
-    except email_validator.EmailNotValidError as exc:
-        plain = _PLAIN_ADDRESS.match(text)
-        if plain is None:
-            raise UsageError(f"{what} {text!r} is not valid: {exc}") from None
-        return Address(text, plain.group(1), plain.group(2).rstrip(".").lower())
-    return Address(text, valid.local_part, valid.ascii_domain.rstrip(".").lower())
-
-
 def parse_sender(text: str) -> Address | None:
-    """Parse the reverse-path; ``""`` and ``<>`` are the null reverse-path (RFC 5321 §4.5.5)."""
+    """Parse the reverse-path; ``""`` and ``<>`` are the null reverse-path (RFC 5321 §4.5.5).
+
+    Only control characters are refused: every other reverse-path the MTA accepted is filtered,
+    and one we cannot read strictly is simply never verified (DESIGN.md §verification).
+    """
+    if _FORBIDDEN.search(text):
+        # Not something an MTA hands over: a configuration fault, never a bounce.
+        raise UsageError("sender contains control characters")
     if text in ("", "<>"):
         return None
-    return parse_address(text, "sender")
+    return parse_path(text)
+
+
+# RFC 5321 §4.1.2 atext, and RFC 6531 §3.3's UTF8-non-ascii (any character above ASCII but a
+# surrogate, which is how Python carries argv bytes that were not UTF-8).
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_WORD_CHARS = re.compile(rf"[{_ATEXT}\u0080-\ud7ff\ue000-\U0010ffff]+")
+# RFC 5321 §4.1.2 qtextSMTP and quoted-pairSMTP, with UTF-8 (RFC 6531 §3.3).
+_QUOTED_STRING = re.compile(
+    r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\ud7ff\ue000-\U0010ffff]|\\[\x20-\x7e])*"'
+)
+# A DNS label as MTAs accept it: letters, digits, hyphen, underscore (RFC 2181 §11: any octets
+# are legal in DNS; underscore labels are common in bounce domains), no hyphen at either end.
+_ALABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+_RAW_LABEL = re.compile(r"[A-Za-z0-9_\u0080-\ud7ff\ue000-\U0010ffff-]+\Z")
+# RFC 5321 §4.1.3 General-address-literal: Standardized-tag ":" 1*dcontent.
+_GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\Z")
+MAX_DOMAIN = 253
+
+
+def parse_path(text: str) -> Address:
+    """Read a non-null reverse-path the way its domain is found by every MTA; never raises.
+
+    The domain is what follows the last ``@`` that is outside a quoted string and outside an
+    address literal: that is where Postfix (``pipe`` flag ``q`` quotes the local part) and Exim
+    (whose BSMTP ``MAIL FROM`` carries the local part unquoted, so ``"a@b"@x`` arrives as
+    ``a@b@x``) both put it. The path is strict when, besides, it is an RFC 5321 §4.1.2 Path:
+    an optional source route (ignored, RFC 5321 Appendix C), a local part of atoms and quoted
+    strings joined by dots (empty atoms allowed: Exim passes ``"a..b"`` as ``a..b``), ``@``, and
+    a domain or an address literal (RFC 5321 §4.1.3).
+    """
+    path = text[1:-1] if text.startswith("<") and text.endswith(">") else text
+    at = _last_at(path)
+    if at is None:
+        return Address(path, path, None, False, "no @ outside quotes")
+    local, rest = path[:at], path[at + 1 :]
+    domain, domain_problem = _domain(rest)
+    mailbox = _strip_route(local)
+    if mailbox is None:
+        return Address(path, local, domain, False, "malformed source route")
+    problem = _local_problem(mailbox) or domain_problem
+    # An address literal is a strict path that names no domain: it can never be verified.
+    strict = problem is None or problem == _LITERAL
+    return Address(path, mailbox, domain, strict, problem)
+
+
+_LITERAL = "an address literal names no domain"
+
+
+def _last_at(path: str) -> int | None:
+    """The index of the last ``@`` outside quoted strings and ``[...]``, or None."""
+    found = None
+    quoted = escaped = False
+    depth = 0
+    for index, char in enumerate(path):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(0, depth - 1)
+        elif char == "@" and depth == 0:
+            found = index
+    return found
+
+
+def _strip_route(local: str) -> str | None:
+    """The local part without an RFC 5321 §4.1.2 A-d-l (``@a,@b:``); None if the route is bad."""
+    if not local.startswith("@"):
+        return local
+    # The route ends at the first ":" outside an address literal (``@[IPv6:...]`` holds colons).
+    depth = 0
+    for index, char in enumerate(local):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(0, depth - 1)
+        elif char == ":" and depth == 0:
+            route, mailbox = local[:index], local[index + 1 :]
+            break
+    else:
+        return None
+    for hop in route.split(","):
+        if not hop.startswith("@") or _domain(hop[1:])[1] not in (None, _LITERAL):
+            return None
+    return mailbox
+
+
+def _local_problem(local: str) -> str | None:
+    """Why ``local`` is not a local part of dot-separated atoms and quoted strings, or None."""
+    if not local:
+        return "empty local part"
+    position = 0
+    size = len(local)
+    expect_word = True  # at the start or after a dot: an atom, a quoted string or another dot
+    while position < size:
+        if local[position] == ".":
+            position += 1
+            expect_word = True
+            continue
+        match = _QUOTED_STRING.match(local, position) or _WORD_CHARS.match(local, position)
+        if match is None:
+            return f"character {local[position]!r} outside quotes in the local part"
+        if not expect_word:
+            return "two words of the local part without a dot between them"
+        position = match.end()
+        expect_word = False
+    return None
+
+
+def _domain(text: str) -> tuple[str | None, str | None]:
+    """``(domain, problem)``: the DNS domain as lower-case A-labels, or None and why not."""
+    if text.startswith("[") and text.endswith("]"):
+        return None, _LITERAL if _literal(text[1:-1]) else "malformed address literal"
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > MAX_DOMAIN * 4:
+        return None, "no domain"
+    labels = name.split(".")
+    if not all(_RAW_LABEL.match(label) for label in labels):
+        return None, "malformed domain"
+    if not name.isascii():
+        try:
+            name = _to_alabels(name)
+        except (UnicodeError, ValueError):
+            return None, "domain is not a valid IDN"
+    name = name.lower()
+    if len(name) > MAX_DOMAIN or not all(_ALABEL.match(label) for label in name.split(".")):
+        return None, "malformed domain"
+    return name, None
+
+
+def _literal(inner: str) -> bool:
+    """RFC 5321 §4.1.3: an IPv4 address, ``IPv6:`` and an IPv6 address, or a general literal."""
+    if inner[:5].lower() == "ipv6:":
+        try:
+            ipaddress.IPv6Address(inner[5:])
+        except ValueError:
+            return False
+        return True
+    try:
+        ipaddress.IPv4Address(inner)
+    except ValueError:
+        return bool(_GENERAL_LITERAL.match(inner))
+    return True
+
+
+def _to_alabels(domain: str) -> str:
+    """IDNA 2008 with UTS #46 mapping when the ``idna`` package is there, else IDNA 2003."""
+    try:
+        import idna
+    except ImportError:  # pragma: no cover - idna comes with email-validator, but not by promise
+        return domain.encode("idna").decode("ascii")
+    # idna.IDNAError is a UnicodeError.
+    return str(idna.encode(domain, uts46=True).decode("ascii"))
 
 
 def parse_recipient(text: str) -> str:

@@ -18,7 +18,10 @@ Choices where the RFC leaves room, made here once:
   (identity ``mailfrom``, domain = the HELO name) and as the HELO result (identity ``helo``).
   For a non-null reverse-path the HELO identity is not checked and the second value is ``None``.
 - DNS errors while validating PTR names (the ``ptr`` mechanism, the ``p`` macro) skip that name
-  or give no validated name, as RFC 7208 §5.5 says, instead of pyspf's ``temperror``.
+  or give no validated name, as RFC 7208 §5.5 says, instead of pyspf's ``temperror``. Those
+  lookups are answered by the client's reverse zone: they have their own share of the time
+  budget (:data:`PTR_SHARE`), count no void lookups, and past their limits the names are
+  ignored, so they can never make the evaluation ``temperror`` or ``permerror``.
 - A HELO name or sender domain that is not a multi-label domain name (an address literal, a bare
   host name, an empty or over-long label) gives ``none`` without a lookup (RFC 7208 §4.3).
 - pyspf's explanation can come from the domain's ``exp=`` record, i.e. from whoever controls that
@@ -27,6 +30,7 @@ Choices where the RFC leaves room, made here once:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import time
@@ -36,12 +40,15 @@ import dns.name
 import spf
 
 from scatterguard.envelope import Envelope
-from scatterguard.resolver import Resolver, Status
+from scatterguard.resolver import Answer, Resolver, Status
 from scatterguard.results import Result, SpfResult
 
 MAX_REASON = 200
 # RFC 7208 §4.6.4 recommends at least 20 seconds for the whole evaluation.
 DEFAULT_QUERY_TIME = 20.0
+# The part of that budget all PTR validation lookups of one evaluation may use together (the
+# client's reverse zone answers them, RFC 7208 §4.6.4): 5 of the 20 seconds.
+PTR_SHARE = 0.25
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
@@ -74,14 +81,30 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         h: str,
         receiver: str | None = None,
         query_time: float = DEFAULT_QUERY_TIME,
+        local_part: str | None = None,
+        domain: str | None = None,
     ) -> None:
         # querytime=0: pyspf's own budget only shortens the timeout of its DNSLookup, which we do
         # not use; the overall budget is kept below, in dns(). A falsy receiver makes pyspf use
         # "unknown" rather than anything it would have to look up.
         super().__init__(i=i, s=s, h=h, receiver=receiver or None, strict=True, querytime=0)
+        if domain is not None:
+            # pyspf splits <sender> at its first "@" (split_email), so '"a@b"@victim.example'
+            # would be evaluated for 'b"@victim.example'. The envelope parser is the one reading
+            # of the path: its local part and domain become the l, o and d macros and the domain
+            # check_host() starts from (RFC 7208 §4.1, §7.3; "postmaster" for an empty local
+            # part, §4.3).
+            self.l = local_part or "postmaster"
+            self.o = self.d = domain
         self.resolver = resolver
         self.query_time = query_time
         self.deadline = time.monotonic() + query_time
+        # PTR validation (ptr, %{p}): its own share of the budget, names and results kept.
+        self.ptr_budget = query_time * PTR_SHARE
+        self.ptr_spent = 0.0
+        self._ptrs: list[str] | None = None
+        self._validated: dict[str, bool] = {}
+        self._p_by_domain: dict[str, str] = {}
 
     def dns(
         self,
@@ -122,31 +145,89 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         return found
 
     def validated_ptrs(self) -> list[str]:
-        """The client's PTR names that resolve back to it (RFC 7208 §5.5), for ``ptr`` and ``%{p}``.
+        """The client's PTR names that resolve back to it (RFC 7208 §5.5), for ``ptr``.
 
-        pyspf's own version lets a DNS error in these lookups end the whole evaluation as
-        ``temperror``; RFC 7208 §5.5 says otherwise: an error on the PTR lookup means no validated
-        name (the mechanism does not match, ``%{p}`` is "unknown", §7.3), and an error on one
-        name's address lookup skips that name. Broken reverse DNS is common; it must not turn a
-        definite result into a retry. The limit of 10 names (§4.6.4) is kept.
+        The PTR data belongs to whoever controls the client's reverse zone, i.e. possibly the
+        attacker (RFC 7208 §4.6.4 says as much). So, unlike pyspf: a DNS error on the PTR lookup
+        means no validated name (the mechanism does not match, §5.5); an error on one name's
+        address lookup skips that name; at most 10 names are looked up (§4.6.4, the rest are
+        ignored); none of these lookups counts as a void lookup; the names and their validation
+        are looked up once per evaluation; and all of them together get at most
+        :data:`PTR_SHARE` of the evaluation's time budget. Once that share is spent, the names
+        left are skipped as a DNS error would be: a reverse zone whose answers time out can make
+        ``ptr`` not match, never turn the whole evaluation into ``temperror``.
         """
-        try:
-            names = self.dns_ptr(self.i)[: spf.MAX_PTR]
-        except OutOfTime:
-            raise
-        except spf.TempError:
+        return [name for name in self._ptr_names() if self._validates(name)]
+
+    def getp(self) -> str:
+        """The ``p`` macro (RFC 7208 §7.3) for the current domain, with §5.5's PTR rules.
+
+        The current domain itself if it validates, else a validated subdomain of it, else any
+        validated name, else "unknown" (also on DNS errors). Names are validated in that order
+        and only until one is found, so names outside the domain cost nothing when a better one
+        validates. Unlike pyspf, the answer is kept per domain, since ``d`` changes in includes.
+        """
+        domain = str(self.d).lower()
+        if domain not in self._p_by_domain:
+            names = self._ptr_names()
+            ordered = [n for n in names if n.lower() == domain]
+            ordered += [n for n in names if n.lower().endswith("." + domain)]
+            ordered += [n for n in names if n not in ordered]
+            self._p_by_domain[domain] = next(
+                (name for name in ordered if self._validates(name)), "unknown"
+            )
+        self.p = self._p_by_domain[domain]
+        return str(self.p)
+
+    def _ptr_names(self) -> list[str]:
+        if self._ptrs is None:
+            found = self._ptr_lookup(f"{spf.reverse_dots(self.i)}.{self.v}.arpa", "PTR")
+            self._ptrs = [str(name) for name in (found or [])[: spf.MAX_PTR]]
+        return self._ptrs
+
+    def _validates(self, name: str) -> bool:
+        if name not in self._validated:
+            addresses = self._ptr_lookup(name, self.A)
+            self._validated[name] = bool(addresses) and bool(
+                self.cidrmatch(addresses, self.cidrmax)
+            )
+        return self._validated[name]
+
+    def _ptr_lookup(self, name: str, qtype: str) -> list[Any] | None:
+        """One lookup for PTR validation; None on a DNS error or once the PTR share is spent."""
+        host = name.rstrip(".").lower()
+        if not _carriable(host):
             return []
-        validated = []
-        for name in names:
-            try:
-                addresses = self.dns_a(name, self.A)
-            except OutOfTime:
-                raise
-            except spf.TempError:
-                continue
-            if self.cidrmatch(addresses, self.cidrmax):
-                validated.append(name)
-        return validated
+        now = time.monotonic()
+        if now > self.deadline:
+            # Spent before this lookup, by the evaluation as a whole: that is its temperror.
+            raise OutOfTime(f"SPF evaluation exceeded {self.query_time:g} s")
+        left = min(self.ptr_budget - self.ptr_spent, self.deadline - now)
+        if left <= 0:
+            return None
+        try:
+            answer = _query_within(self.resolver, host, qtype, left)
+        finally:
+            self.ptr_spent += time.monotonic() - now
+        if answer.temporary:
+            return None
+        if answer.status is not Status.OK:
+            return []
+        return [_shape(qtype, record) for record in answer.records]
+
+
+def _query_within(resolver: Resolver, host: str, qtype: str, seconds: float) -> Answer:
+    """``resolver.query`` with its per-lookup timeout cut to ``seconds`` (same cache)."""
+    if resolver.timeout <= seconds:
+        return resolver.query(host, qtype)
+    # A shallow copy shares the cache; only the timeout differs.
+    bounded = copy.copy(resolver)
+    bounded.timeout = seconds
+    before = bounded.lookups
+    try:
+        return bounded.query(host, qtype)
+    finally:
+        resolver.lookups += bounded.lookups - before
 
 
 def _shape(qtype: str, record: Any) -> Any:
@@ -216,15 +297,26 @@ def check_spf(
         # evaluated with the same arguments as the HELO identity (§2.3): one evaluation, two names.
         return dataclasses.replace(helo_result, identity="mailfrom"), helo_result
     sender = envelope.sender
+    if sender.domain is None:
+        reason = f"the reverse-path names no domain ({sender.problem}) (RFC 7208 §4.3)"
+        return SpfResult(Result.NONE, "mailfrom", None, _clean(reason)), None
     domain = spf_domain(sender.domain)
     if domain is None:
         reason = f"sender domain {sender.domain!r} is not a domain name (RFC 7208 §4.3)"
         return SpfResult(Result.NONE, "mailfrom", None, _clean(reason)), None
     if client is None:
         return SpfResult(Result.NONE, "mailfrom", domain, "no client address to check"), None
-    mailbox = f"{sender.local_part}@{domain}"
     helo = envelope.helo or "unknown"
-    result = evaluate(resolver, client, mailbox, helo, query_time=query_time, receiver=receiver)
+    result = evaluate(
+        resolver,
+        client,
+        sender.text,
+        helo,
+        query_time=query_time,
+        receiver=receiver,
+        local_part=sender.local_part,
+        domain=domain,
+    )
     return _as(result, "mailfrom", domain), None
 
 
@@ -245,7 +337,16 @@ def _check_helo(
     if client is None:
         return SpfResult(Result.NONE, "helo", domain, "no client address to check")
     mailbox = f"postmaster@{domain}"
-    result = evaluate(resolver, client, mailbox, domain, query_time=query_time, receiver=receiver)
+    result = evaluate(
+        resolver,
+        client,
+        mailbox,
+        domain,
+        query_time=query_time,
+        receiver=receiver,
+        local_part="postmaster",
+        domain=domain,
+    )
     return _as(result, "helo", domain)
 
 
@@ -257,18 +358,31 @@ def evaluate(
     *,
     query_time: float = DEFAULT_QUERY_TIME,
     receiver: str | None = None,
+    local_part: str | None = None,
+    domain: str | None = None,
 ) -> tuple[Result, str]:
-    """RFC 7208 ``check_host()`` for ``client`` and ``sender`` (``local@domain``) as given.
+    """RFC 7208 ``check_host()`` for ``client`` and ``sender`` (the ``s`` macro).
 
-    Returns the result word and a short, cleaned reason. ``sender`` is passed to pyspf as it is,
-    without envelope parsing; an empty ``sender`` means the HELO identity (``postmaster@helo``).
-    Never raises.
+    Returns the result word and a short, cleaned reason. With ``domain`` given, that is the
+    domain evaluated (and ``local_part`` the ``l`` macro), whatever ``sender`` holds; without it
+    pyspf splits ``sender`` itself, and an empty ``sender`` means the HELO identity
+    (``postmaster@helo``). Never raises.
     """
     try:
         query = ResolverQuery(
-            resolver, i=client, s=sender, h=helo, receiver=receiver, query_time=query_time
+            resolver,
+            i=client,
+            s=sender,
+            h=helo,
+            receiver=receiver,
+            query_time=query_time,
+            local_part=local_part,
+            domain=domain,
         )
         word, _code, explanation = query.check()
+        if domain is not None and (query.d, query.o) != (domain, domain):
+            # The result is only worth anything for the domain we report (issue 12 item 5).
+            return Result.TEMPERROR, _clean(f"SPF was evaluated for {query.d!r}, not {domain!r}")
         result = _RESULTS.get(str(word))
         if result is None or result is Result.POLICY:
             return Result.TEMPERROR, _clean(f"unexpected SPF result {word!r}")

@@ -82,21 +82,37 @@ def trusted_client(envelope: Envelope, networks: Sequence[Network]) -> str | Non
     return None
 
 
-def verification(report: AuthReport, envelope: Envelope, trusted: str | None) -> str | None:
-    """Why the reverse-path counts as verified, or None when it does not.
+# DESIGN.md §verification: a DKIM signature verifies the reverse-path only when SPF for the MAIL
+# FROM identity says nothing against the envelope. fail, softfail, temperror and permerror all say
+# that a replayed signed message may carry a forged MAIL FROM at the signing domain.
+DKIM_VERIFIES_WITH_SPF = frozenset({Result.NONE, Result.NEUTRAL})
 
-    The null reverse-path is never verified (RFC 5321 §4.5.5: nothing is ever sent to it).
+
+def verification(report: AuthReport, envelope: Envelope, trusted: str | None) -> str | None:
+    """Why the reverse-path counts as verified, or None when it does not (DESIGN.md).
+
+    The null reverse-path is never verified (RFC 5321 §4.5.5: nothing is ever sent to it), nor is
+    one the envelope parser could not read strictly: the MTA might bounce to another domain than
+    the one checked. SPF counts only when it was evaluated for exactly the reverse-path's domain.
     """
-    if envelope.sender is None:
+    sender = envelope.sender
+    if sender is None:
         return None
-    domain = envelope.sender.domain
-    spf = report.spf
-    if spf.identity == "mailfrom" and spf.result is Result.PASS:
-        return f"reverse-path verified: SPF pass for {domain}"
-    if report.reverse_path_dkim_aligned:
-        return f"reverse-path verified: DKIM signature aligned with {domain}"
     if trusted is not None:
         return f"reverse-path verified: {trusted}"
+    if not sender.strict or sender.domain is None:
+        return None
+    domain = sender.domain
+    spf = report.spf
+    spf_for_sender = spf.identity == "mailfrom" and spf.domain == domain
+    if spf_for_sender and spf.result is Result.PASS:
+        return f"reverse-path verified: SPF pass for {_safe(domain)}"
+    spf_silent = spf.identity == "mailfrom" and spf.result in DKIM_VERIFIES_WITH_SPF
+    if report.reverse_path_dkim_aligned and spf_silent:
+        return (
+            f"reverse-path verified: DKIM signature aligned with {_safe(domain)} "
+            f"and SPF {spf.result}"
+        )
     return None
 
 
@@ -128,20 +144,36 @@ def _decide(report: AuthReport, envelope: Envelope, knobs: Knobs, age: float | N
     spf = report.spf
     policy = effective_policy(dmarc.policy, dmarc.testing)
 
-    # Rule 2: temporary DNS failure that leaves the outcome open.
+    # Rule 2: temporary DNS failure that leaves the outcome open. DMARC temperror is open unless
+    # the policy (after t=y) is none: then neither pass nor fail could change the action. Its
+    # policy is None when the policy itself could not be read; that is open, and stricter than
+    # any policy (dmarc.check_dmarc reports the strictest open domain, rule 3).
     open_reason = None
+    open_under_policy = False
     if dmarc.result is Result.TEMPERROR and policy is not Policy.NONE:
-        open_reason = f"DMARC temperror for {dmarc.domain or 'the From domain'}"
-    elif dmarc.policy is None and spf.result is Result.TEMPERROR:
-        open_reason = f"SPF temperror for {spf.domain or 'the sender'} and no DMARC policy"
+        shown = (
+            f"policy {dmarc.policy}" if dmarc.policy is not None else "a policy we could not read"
+        )
+        if dmarc.testing and dmarc.policy is not None:
+            shown += " (t=y)"
+        open_reason = f"DMARC temperror for {_safe(dmarc.domain)} under {shown}"
+        open_under_policy = True
+    elif dmarc.policy is None and spf.identity == "mailfrom" and spf.result is Result.TEMPERROR:
+        open_reason = f"SPF temperror for {_safe(spf.domain)} and no DMARC policy"
     if open_reason is not None:
-        if age is None or age <= knobs.defer_max_age:
+        if age is None or not age > knobs.defer_max_age:
             return Decision(
                 Action.DEFER,
                 verified,
                 (open_reason,),
                 "4.4.3 Temporary DNS failure checking the sender, try again later",
             )
+        if open_under_policy:
+            # Deferring forever ends in the MTA's own bounce, maybe to a forged sender; delivering
+            # could deliver a spoof of a domain that asked for reject or quarantine. Keep it.
+            reasons.append(f"{open_reason}, and the message is older than defer_max_age")
+            reasons.append("quarantined: neither a possible spoof delivered nor a bounce sent")
+            return Decision(Action.QUARANTINE, verified, _with(reasons, verified_why))
         reasons.append(
             f"{open_reason}, but the message is older than defer_max_age: deciding on what we have"
         )
@@ -162,8 +194,11 @@ def _decide(report: AuthReport, envelope: Envelope, knobs: Knobs, age: float | N
     elif dmarc.result is Result.PASS:
         reasons.append(f"DMARC pass for {_safe(dmarc.domain)}")
 
-    # Rule 4: no DMARC policy, SPF fail for the MAIL FROM identity.
-    if reject_status is None and dmarc.policy is None and spf.result is Result.FAIL:
+    # Rule 4: no DMARC policy, SPF fail for the MAIL FROM identity. A DKIM signature aligned
+    # with the envelope domain is forwarded, intact mail: it continues, but (SPF fail) it does
+    # not verify the reverse-path.
+    spf_fail = spf.identity == "mailfrom" and spf.result is Result.FAIL
+    if reject_status is None and dmarc.policy is None and spf_fail:
         domain = _safe(spf.domain)
         if report.reverse_path_dkim_aligned:
             reasons.append(f"SPF fail for {domain}, but a DKIM signature aligned with it verifies")

@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
 TOKENS = HERE / "tokens.dict"
-TARGET_NAMES = ("message", "bsmtp", "dmarc_record", "from_domains", "authresults")
+TARGET_NAMES = ("message", "bsmtp", "dmarc_record", "from_domains", "authresults", "reverse_path")
 MAX_LEN = {"authresults": 2048}
 DEFAULT_MAX_LEN = 8192
 PER_INPUT_TIMEOUT = 10

@@ -15,6 +15,8 @@ Targets:
   back from what it read parses to the same policy).
 - ``from_domains``: :func:`scatterguard.dmarc.from_domains` (A-label domains only, capped, and a
   From field added on top adds exactly its domain in front).
+- ``reverse_path``: :func:`scatterguard.envelope.parse_sender` (only ``UsageError``, for control
+  characters; the domain reported is the one SPF evaluates; the path comes back as given).
 - ``authresults``: :func:`scatterguard.authresults.render` of an AuthReport built from the bytes
   (printable ASCII, folded, parsed back by authres to the same methods and words, no value that
   was not a valid domain, selector or algorithm).
@@ -26,8 +28,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from scatterguard import authresults, dmarc, dmarcrecord, intake
-from scatterguard.errors import InputError
+from scatterguard import authresults, dmarc, dmarcrecord, envelope, intake, spfcheck
+from scatterguard.errors import InputError, UsageError
 from scatterguard.message import MAX_HEADER_FIELDS, Message
 from scatterguard.results import (
     AuthReport,
@@ -261,6 +263,36 @@ def authresults_render(data: bytes) -> None:
             assert prop.value in allowed, (prop.type, prop.name, prop.value)
 
 
+# ---------------------------------------------------------------------------------------------
+# reverse_path (issue 12 items 5 and 7)
+
+
+def reverse_path(data: bytes) -> None:
+    """Any reverse-path parses or raises UsageError (control characters only); the domain it
+    reports is the one SPF would evaluate, and the path comes back as given."""
+    text = data.decode("utf-8", "surrogateescape")
+    try:
+        sender = envelope.parse_sender(text)
+    except UsageError:
+        assert re.search(r"[\x00-\x1f\x7f]", text)
+        return
+    if sender is None:
+        assert text in ("", "<>")
+        return
+    assert sender.text in (text, text[1:-1])
+    if sender.domain is None:
+        assert sender.problem
+        return
+    assert _DOMAIN.match(sender.domain), sender.domain
+    # What SPF evaluates: spfcheck takes the domain and local part from this Address (never
+    # pyspf's own split of the text), so the domain reported is the one evaluated.
+    domain = spfcheck.spf_domain(sender.domain)
+    assert domain is None or domain == sender.domain
+    if sender.strict:
+        # A strict path has exactly this domain after its last "@": the text agrees.
+        assert sender.text.rstrip(".").lower().endswith(sender.domain) or not sender.text.isascii()
+
+
 TOKENS = Path(__file__).resolve().parent / "tokens.dict"
 
 
@@ -280,4 +312,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "dmarc_record": dmarc_record,
     "from_domains": from_domains,
     "authresults": authresults_render,
+    "reverse_path": reverse_path,
 }
