@@ -42,7 +42,7 @@ host.a.example.      300 IN A   192.0.2.33
 host.a.example.      300 IN AAAA 2001:db8::33
 ptr.example.         300 IN TXT "v=spf1 ptr -all"
 10.2.0.192.in-addr.arpa. 300 IN PTR mail.ptr.example.
-10.2.0.192.in-addr.arpa. 300 IN PTR host.broken.example.
+10.2.0.192.in-addr.arpa. 300 IN PTR host.broken.ptr.example.
 mail.ptr.example.    300 IN A   192.0.2.10
 six.example.         300 IN TXT "v=spf1 ip6:2001:db8:1::/48 -all"
 sixa.example.        300 IN TXT "v=spf1 a:host.a.example -all"
@@ -196,8 +196,8 @@ CASES = [
     ),
     pytest.param(
         Case("alice@ptr.example", "192.0.2.10", None, PASS,
-             faults=(("broken.example", "servfail"),),
-             asked=(("host.broken.example.", "A"), ("mail.ptr.example.", "A"))),
+             faults=(("broken.ptr.example", "servfail"),),
+             asked=(("host.broken.ptr.example.", "A"), ("mail.ptr.example.", "A"))),
         id="ptr-name-with-dns-error-skipped",
     ),
     pytest.param(Case("alice@six.example", "2001:db8:1::25", None, PASS), id="ipv6-ip6"),
@@ -501,3 +501,35 @@ def test_attackers_reverse_zone_cannot_make_spf_temperror(
     assert time.monotonic() - started < 1.5
     asked = [name for name, _kind, _ in dns_server.queries if "attacker" in name]
     assert len(set(asked)) <= 10
+
+
+PTR_TARGET_ZONE = (
+    """
+ptrt.example. 300 IN TXT "v=spf1 ptr -all"
+ptrx.example. 300 IN TXT "v=spf1 ptr:mail.ptrt.example -all"
+mail.ptrt.example. 300 IN A 203.0.113.53
+"""
+    + "".join(f"53.113.0.203.in-addr.arpa. 300 IN PTR n{n}.attacker.example.\n" for n in range(9))
+    + "53.113.0.203.in-addr.arpa. 300 IN PTR mail.ptrt.example.\n"
+)
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        pytest.param("a@ptrt.example", id="ptr-for-the-current-domain"),
+        pytest.param("a@ptrx.example", id="ptr-with-a-domain-spec"),
+    ],
+)
+def test_ptr_names_outside_the_target_domain_are_never_looked_up(
+    dns_server: DnsServer, resolver: Resolver, sender: str
+) -> None:
+    """RFC 7208 §5.5: only a validated name in the target domain can match, so the client's
+    PTR names outside it are not validated at all: nine names in the attacker's timing-out zone
+    cost no lookup, and the one name in the target domain still validates and passes."""
+    dns_server.records.add_text(PTR_TARGET_ZONE)
+    dns_server.fault("attacker.example", "timeout")
+    envelope = _envelope(Case(sender, "203.0.113.53", None, PASS))
+    mailfrom, _ = check_spf(resolver, envelope, query_time=2.0)
+    assert mailfrom.result is PASS, mailfrom.reason
+    assert not [name for name, _kind, _ in dns_server.queries if "attacker" in name]

@@ -30,6 +30,7 @@ Choices where the RFC leaves room, made here once:
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import re
@@ -105,6 +106,7 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         self._ptrs: list[str] | None = None
         self._validated: dict[str, bool] = {}
         self._p_by_domain: dict[str, str] = {}
+        self._ptr_targets: list[collections.deque[str]] = []
 
     def dns(
         self,
@@ -157,7 +159,36 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         left are skipped as a DNS error would be: a reverse zone whose answers time out can make
         ``ptr`` not match, never turn the whole evaluation into ``temperror``.
         """
-        return [name for name in self._ptr_names() if self._validates(name)]
+        names = self._ptr_names()
+        targets = self._ptr_targets[-1] if self._ptr_targets else None
+        if targets:
+            # §5.5: only a validated name equal to the target domain or under it can match, so
+            # names elsewhere (in a zone the client's owner may make time out) are not even
+            # looked up. The answer is the one pyspf's domainmatch() would give on all of them.
+            target = targets.popleft().rstrip(".").lower()
+            names = [n for n in names if _within(n.rstrip(".").lower(), target)]
+        return [name for name in names if self._validates(name)]
+
+    def check1(self, record: Any, domain: str, recursion: int) -> Any:
+        """pyspf's evaluation of one record, with a fresh list of its ``ptr`` targets.
+
+        pyspf validates every mechanism of a record (:meth:`validate_mechanism`) before it
+        evaluates them in order, and an ``include`` or ``redirect`` evaluates its own record in a
+        nested call: a stack of queues gives :meth:`validated_ptrs` the target of exactly the
+        ``ptr`` mechanism being evaluated.
+        """
+        self._ptr_targets.append(collections.deque())
+        try:
+            return super().check1(record, domain, recursion)
+        finally:
+            self._ptr_targets.pop()
+
+    def validate_mechanism(self, mech: str) -> Any:
+        """pyspf's parse of one mechanism; a ``ptr`` target (macros expanded) is remembered."""
+        parsed = super().validate_mechanism(mech)
+        if parsed[1] == "ptr" and self._ptr_targets:
+            self._ptr_targets[-1].append(str(parsed[2]))
+        return parsed
 
     def getp(self) -> str:
         """The ``p`` macro (RFC 7208 §7.3) for the current domain, with §5.5's PTR rules.
@@ -214,6 +245,11 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         if answer.status is not Status.OK:
             return []
         return [_shape(qtype, record) for record in answer.records]
+
+
+def _within(name: str, domain: str) -> bool:
+    """True when ``name`` is ``domain`` or a name under it (pyspf's ``domainmatch`` test)."""
+    return name == domain or name.endswith("." + domain)
 
 
 def _query_within(resolver: Resolver, host: str, qtype: str, seconds: float) -> Answer:
