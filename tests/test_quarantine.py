@@ -920,3 +920,42 @@ def test_commands_refuse_a_third_users_entry(tmp_path: Path, command: str) -> No
     assert cli.sendmail.calls == []
     assert (cli.store.directory / entry.id).exists()
 
+
+# ---- a release never lets the message extend our A-R field (issue 12, item 10) -----------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            b" dmarc=pass header.from=reject.example\nFrom: ceo@reject.example\n\nHi\n",
+            id="continuation-first",
+        ),
+        pytest.param(
+            b"\tdkim=pass\r\nFrom: ceo@reject.example\r\n\r\nHi\r\n", id="tab-continuation-crlf"
+        ),
+        pytest.param(b"From ceo@reject.example\nSubject: x\n\nHi\n", id="no-colon"),
+        pytest.param(b"\n dmarc=pass\n", id="empty-header-section"),
+    ],
+)
+def test_release_of_a_malformed_message_keeps_our_field_whole(tmp_path: Path, data: bytes) -> None:
+    """The bytes a release re-injects start with our A-R field, ending where we say."""
+    import email.parser
+    import email.policy
+
+    cli = Cli(tmp_path)
+    entry = cli.store.put(
+        meta(reasons=("malformed: the message starts with a continuation",)), data
+    )
+    done = cli.run("release", entry.id)
+    assert (done.returncode, done.stderr) == (0, "")
+    [call] = cli.sendmail.calls
+    assert call.data.endswith(data)
+    parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(call.data)
+    name, value = parsed.items()[0]
+    assert name == "Authentication-Results"
+    assert " ".join(value.split()) == AR
+    assert "dmarc=pass" not in value
+    assert "dkim=pass" not in value
+    first = quarantine.Message(call.data).headers[0]
+    assert call.data[: first.end].rstrip(b"\r\n").endswith(b"header.from=reject.example")
