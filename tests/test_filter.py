@@ -701,3 +701,29 @@ def test_closed_or_broken_stdout_keeps_the_exit_code(
         assert stdout.count(b"\n") == 1
     assert len(mta.sendmail.calls) == (1 if case == "deliver" else 0)
     assert len(mta.entries()) == (1 if case == "quarantine" else 0)
+
+
+@pytest.mark.parametrize("part", ["tmp", "delivered", "delivered/pending"])
+def test_linked_store_part_defers_and_writes_nothing_through_it(
+    mta: Filter, tmp_path: Path, part: str
+) -> None:
+    """A link planted in the store (issue 12, item 8): the filter defers, logs which part, and
+    creates nothing in the link's target (no lock file, no entry, no spool file)."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (mta.quarantine / "delivered" / "pending").mkdir(parents=True)
+    (mta.quarantine / "tmp").mkdir()
+    os.rename(mta.quarantine / part, tmp_path / "displaced")
+    (mta.quarantine / part).symlink_to(victim)
+    # A quarantined message needs tmp/, a delivery needs delivered/pending/.
+    sender, client = (
+        ("ceo@reject.example", "203.0.113.9")
+        if part == "tmp"
+        else ("alice@sender.example", "192.0.2.5")
+    )
+    done = mta.run(envelope(sender, client), message(sender))
+    assert (done.returncode, done.stderr) == (75, b"")
+    assert done.stdout.count(b"\n") == 1
+    assert "symbolic link" in " ".join(mta.syslog.lines())
+    assert list(victim.iterdir()) == []
+    assert mta.sendmail.calls == []
