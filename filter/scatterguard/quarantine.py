@@ -26,6 +26,13 @@ second one, while a message that the MTA splits into several deliveries (one que
 recipients) gets one entry per delivery and loses none. Ids given on the command line are checked
 against ``^[0-9a-f]{32}$`` before any path is built from them.
 
+Links and other users' files: ``quarantine`` commands may run as root on a store that belongs to
+the filter's user, so no part of the store is ever reached through a path resolved again: each
+is opened with ``O_NOFOLLOW`` relative to its directory's descriptor and checked on that
+descriptor (:mod:`scatterguard.safedir`). A link, or a part owned by neither the store's owner
+nor root, is refused (:class:`~scatterguard.safedir.UnsafeStore`): the filter defers, ``purge``
+leaves that part alone, purges the rest and exits 1 naming it.
+
 The command functions (``list_entries``, ``show``, ``release``, ``delete``, ``purge``) take the
 store and output streams, know nothing of argparse, and return 0 on success and 1 on failure with
 one line on ``err``. Everything they print that came from a message or an envelope is escaped, so
