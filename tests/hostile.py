@@ -181,6 +181,7 @@ def messages(signer_for: Callable[[str], Signing] | None = None) -> list[Hostile
     """
     cases = list(_structure()) + list(_encodings()) + list(_from_fields()) + list(_forged())
     cases += list(_dkim_unsigned())
+    cases += list(_issue12_admin_messages())
     if signer_for is not None:
         cases += list(_dkim_signed(signer_for))
     names = [case.name for case in cases]
@@ -774,6 +775,8 @@ def envelopes() -> list[HostileEnvelope]:
         ),
     ]
     cases += _issue12_reverse_paths()
+
+    cases += _issue12_admin_envelopes()
     names = [case.name for case in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     return cases
@@ -817,3 +820,42 @@ def _issue12_reverse_paths() -> list[HostileEnvelope]:
     ]
     # The same paths through BSMTP: tests/test_filter.py (test_bsmtp_reverse_paths_are_filtered).
     return cases
+
+
+# Issue 12, items 10 and 12 (the admin block): no header section, and filter-mode usage.
+
+
+def _issue12_admin_messages() -> Iterator[HostileMessage]:
+    """Messages without a header section: our field, an empty line, then the message as body.
+
+    Readers would otherwise take the From after an mbox line, a NUL or a bare CR for a header
+    field the checks never saw, or fold a leading continuation into our field.
+    """
+    reject_from = b"From: ceo@reject.example\nSubject: pay now\n\nbody\n"
+    for name, first, about in (
+        ("mbox-from-line-first", b"From ceo@reject.example Mon Dec  7 10:00:00 2026\n", "an mbox"),
+        ("nul-first", b"\x00X: y\n", "a NUL-led"),
+        ("bare-cr-first", b"\r", "a bare CR as"),
+        ("colon-first", b": no name\n", "a nameless"),
+    ):
+        yield HostileMessage(
+            name,
+            first + reject_from,
+            DELIVER,
+            f"{about} first line: no header section, so the From after it is body to us and,"
+            " after the empty line we add below our A-R field, to every reader",
+            dmarc=PERMERROR_NO_FROM,
+        )
+
+
+def _issue12_admin_envelopes() -> list[HostileEnvelope]:
+    """Filter-mode arguments argparse would answer with text and SystemExit: one line, 75."""
+    return [
+        HostileEnvelope(
+            f"filter{option}",
+            (option, *envelope_args()),
+            DEFER,
+            f"'filter {option}': a usage error in filter mode, 75 with one status line",
+        )
+        for option in ("--help", "-h", "--version")
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,53 @@ def test_environment_variable_names_the_file(tmp_path: Path) -> None:
     )
 
 
+SENDMAIL = "/usr/sbin/sendmail"
+# Re-injection commands that would drop or change the reverse-path or the recipients.
+BAD_COMMANDS = {
+    "no-sender": [SENDMAIL, "-G", "-i", "--", "{recipients}"],
+    "sender-glued-to-f": [SENDMAIL, "-i", "-f{sender}", "--", "{recipients}"],
+    "sender-in-brackets": [SENDMAIL, "-i", "-f", "<{sender}>", "--", "{recipients}"],
+    "sender-twice": [SENDMAIL, "-f", "{sender}", "-r", "{sender}", "--", "{recipients}"],
+    "sender-after-double-dash": [SENDMAIL, "-i", "--", "{sender}", "{recipients}"],
+    "sender-without-option": [SENDMAIL, "-i", "{sender}", "--", "{recipients}"],
+    "sender-is-the-program-argument": [SENDMAIL, "{sender}", "--", "{recipients}"],
+    "recipients-glued": [SENDMAIL, "-f", "{sender}", "--", "x{recipients}"],
+    "recipients-twice": [SENDMAIL, "-f", "{sender}", "--", "{recipients}", "{recipients}"],
+    "unknown-placeholder": [SENDMAIL, "-f", "{sender}", "-q", "{queue_id}", "--", "{recipients}"],
+}
+GOOD_COMMANDS = {
+    "default": list(config.DEFAULT_REINJECT),
+    "exim": [
+        "/usr/sbin/exim4",
+        "-oMr",
+        "scatterguard",
+        "-i",
+        "-f",
+        "{sender}",
+        "--",
+        "{recipients}",
+    ],
+    "r-option": [SENDMAIL, "-i", "-r", "{sender}", "--", "{recipients}"],
+}
+
+
+@pytest.mark.parametrize("command", GOOD_COMMANDS.values(), ids=GOOD_COMMANDS.keys())
+def test_good_reinjection_commands(command: list[str]) -> None:
+    """The packaged default, the hooks' Exim command and other sound forms are accepted."""
+    loaded = config.parse({"reinject": {"command": command}})
+    assert loaded.reinject.command == tuple(command)
+
+
+def test_stderr_log_target_is_refused_in_filter_mode_only() -> None:
+    """``log.target = "stderr"`` loads (serve, check), but filter mode refuses it by name."""
+    loaded = config.parse({"log": {"target": "stderr"}}, source="sg.toml")
+    assert loaded.log.target == "stderr"
+    with pytest.raises(ConfigError, match=r"sg\.toml: log\.target: "):
+        config.for_filter(loaded)
+    assert config.for_filter(config.Config()) == config.Config()
+    assert config.filter_log(loaded.log).target == "syslog"
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [
@@ -90,6 +138,12 @@ def test_environment_variable_names_the_file(tmp_path: Path) -> None:
             '[reinject]\ncommand = ["/usr/sbin/sendmail", "-i", "{recipients}"]',
             "reinject.command",
             id="recipients-without-double-dash",
+        ),
+        *(
+            pytest.param(
+                f"[reinject]\ncommand = {json.dumps(command)}", "reinject.command", id=name
+            )
+            for name, command in BAD_COMMANDS.items()
         ),
         pytest.param(
             '[quarantine]\ndirectory = "relative"', "quarantine.directory", id="relative-dir"

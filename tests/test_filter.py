@@ -744,3 +744,160 @@ def test_attackers_reverse_zone_does_not_make_the_victims_spf_temperror(
     assert (done.returncode, done.stdout) == (0, b"")
     assert len(mta.entries()) == 1
     assert time.monotonic() - started < 15
+
+
+# ---- configuration that would break the contract (issue 12, item 11) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        pytest.param(("[log]\n", '[log]\ntarget = "stderr"\n'), "log.target", id="log-stderr"),
+        pytest.param(('"-f", "{sender}"', '"-f{sender}"'), "reinject.command", id="f-glued"),
+        pytest.param(('"-f", "{sender}", ', ""), "reinject.command", id="no-sender"),
+        pytest.param(('"-f", "{sender}"', '"-i", "{sender}"'), "reinject.command", id="bare"),
+    ],
+)
+def test_contract_breaking_config_defers_naming_the_key(
+    mta: Filter, change: tuple[str, str], key: str
+) -> None:
+    """stderr logging or a command that drops the reverse-path: 75, one line, stderr empty.
+
+    The reason goes to syslog (never to the MTA's stderr) and names the key; nothing is
+    re-injected or quarantined.
+    """
+    text = mta.config.read_text()
+    assert change[0] in text
+    mta.config.write_text(text.replace(change[0], change[1], 1))
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+    assert (done.returncode, done.stderr) == (75, b"")
+    assert done.stdout.count(b"\n") == 1
+    logged = " ".join(mta.syslog.lines())
+    assert key in logged
+    assert "action='defer'" in logged
+    assert mta.sendmail.calls == []
+    assert mta.entries() == []
+
+
+# ---- exit codes outside MTA input (issue 12, item 12) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--help"], id="help"),
+        pytest.param(["-h"], id="h"),
+        pytest.param(["--version"], id="version"),
+        pytest.param(["-f", "a@sender.example", "--help", "--", "b@rcpt.example"], id="help-late"),
+        pytest.param(["--no-such-option"], id="unknown-option"),
+    ],
+)
+def test_filter_help_and_version_defer_with_one_line(mta: Filter, args: list[str]) -> None:
+    """Filter mode's contract holds for --help too: exit 75, only the status line on stdout."""
+    done = mta.run(args, message())
+    assert (done.returncode, done.stderr) == (75, b"")
+    assert done.stdout == b"4.3.0 Temporary mail filter failure, try again later\n"
+    assert "action='defer'" in " ".join(mta.syslog.lines())
+
+
+def test_version_before_filter_defers_with_one_line(mta: Filter) -> None:
+    """``scatterguard --version filter`` is filter mode as well: 75 and one line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "scatterguard", "--version", "--config", str(mta.config), "filter"],
+        input=message(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (75, b"")
+    assert done.stdout.count(b"\n") == 1
+
+
+def _run_with(mta: Filter, args: list[str], data: bytes, fd: str) -> tuple[int, bytes, bytes]:
+    """Run the filter with fd 1 or fd 2 closed, or stdout a pipe nobody reads ("broken")."""
+    command = [sys.executable, "-m", "scatterguard", "--config", str(mta.config), "filter", *args]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
+    if fd == "broken":
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            done = subprocess.run(
+                command, input=data, stdout=writer, stderr=subprocess.PIPE, env=environ,
+                timeout=60, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(writer)
+        return done.returncode, b"", done.stderr
+    closed = {"stdout": 1, "stderr": 2}[fd]
+    shell = f'exec "$@" {closed}>&-'
+    done = subprocess.run(
+        ["/bin/sh", "-c", shell, "sh", *command], input=data, capture_output=True, env=environ,
+        timeout=60, check=False,
+    )  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("fd", ["stdout", "stderr", "broken"])
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        pytest.param("deliver", 0, id="deliver"),
+        pytest.param("quarantine", 0, id="quarantine"),
+        pytest.param("bounce", 69, id="bounce"),
+        pytest.param("defer", 75, id="defer"),
+        pytest.param("help", 75, id="help"),
+    ],
+)
+def test_closed_or_broken_stdout_keeps_the_exit_code(
+    mta: Filter, fd: str, case: str, code: int
+) -> None:
+    """With fd 1 or 2 closed, or stdout a broken pipe, the exit code is still 0/69/75.
+
+    The status line simply cannot be written; no traceback appears anywhere, and a message is
+    still delivered (or quarantined) exactly once.
+    """
+    args = {
+        "deliver": envelope("alice@sender.example", "192.0.2.5"),
+        "quarantine": envelope("ceo@reject.example", "203.0.113.9"),
+        "bounce": envelope("user@verified.example", "198.51.100.7"),
+        "defer": ["--bogus", "--", "b@rcpt.example"],
+        "help": ["--help"],
+    }[case]
+    data = {
+        "quarantine": message("ceo@reject.example"),
+        "bounce": message("ceo@reject.example"),
+    }.get(case, message())
+    returncode, stdout, stderr = _run_with(mta, args, data, fd)
+    assert returncode == code, stderr
+    assert b"Traceback" not in stdout + stderr
+    assert stderr == b""
+    if fd == "stderr" and code:
+        assert stdout.count(b"\n") == 1
+    assert len(mta.sendmail.calls) == (1 if case == "deliver" else 0)
+    assert len(mta.entries()) == (1 if case == "quarantine" else 0)
+
+
+@pytest.mark.parametrize("part", ["tmp", "delivered", "delivered/pending"])
+def test_linked_store_part_defers_and_writes_nothing_through_it(
+    mta: Filter, tmp_path: Path, part: str
+) -> None:
+    """A link planted in the store (issue 12, item 8): the filter defers, logs which part, and
+    creates nothing in the link's target (no lock file, no entry, no spool file)."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (mta.quarantine / "delivered" / "pending").mkdir(parents=True)
+    (mta.quarantine / "tmp").mkdir()
+    os.rename(mta.quarantine / part, tmp_path / "displaced")
+    (mta.quarantine / part).symlink_to(victim)
+    # A quarantined message needs tmp/, a delivery needs delivered/pending/.
+    sender, client = (
+        ("ceo@reject.example", "203.0.113.9")
+        if part == "tmp"
+        else ("alice@sender.example", "192.0.2.5")
+    )
+    done = mta.run(envelope(sender, client), message(sender))
+    assert (done.returncode, done.stderr) == (75, b"")
+    assert done.stdout.count(b"\n") == 1
+    assert "symbolic link" in " ".join(mta.syslog.lines())
+    assert list(victim.iterdir()) == []
+    assert mta.sendmail.calls == []

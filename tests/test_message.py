@@ -97,3 +97,73 @@ def test_parsing_never_raises(data: bytes) -> None:
         assert 0 <= header.start < header.end <= len(data)
         message.value(header)
     assert 0 <= message.body_offset <= len(data)
+
+
+# ---- a prepended field ends where we say (issue 12, item 10) ---------------------------------
+
+OURS = b"X-Ours: 1;\n\tsecond=clause"
+
+
+def _first_field_end(payload: bytes) -> tuple[str, int]:
+    """The first field of ``payload`` as our parser sees it: its name and where it ends."""
+    first = Message(payload).headers[0]
+    return first.name, first.end
+
+
+def _python_first_value(payload: bytes) -> str:
+    """The first field's unfolded value as Python's own mail parser reads it."""
+    import email.parser
+    import email.policy
+
+    parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(payload)
+    name, value = parsed.items()[0]
+    assert name == "X-Ours"
+    return " ".join(value.split())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b" continued: x\nFrom: a@b.example\n\nbody", id="space-continuation"),
+        pytest.param(b"\tcontinued\r\nFrom: a@b.example\r\n\r\nbody", id="tab-continuation-crlf"),
+        pytest.param(b"no colon here\nFrom: a@b.example\n\nbody", id="no-colon"),
+        pytest.param(b"\r continued\nFrom: a@b.example\n\nbody", id="bare-cr-then-space"),
+        pytest.param(b"\r\n continued\r\n\r\nbody", id="empty-header-section-crlf"),
+        pytest.param(b"\n continued\n", id="empty-header-section-lf"),
+        pytest.param(b"\x00 nul: x\n\nbody", id="nul"),
+        pytest.param(b": no name\n\nbody", id="colon-first"),
+        pytest.param(b" ", id="one-space"),
+    ],
+)
+def test_prepended_field_ends_where_we_say(data: bytes) -> None:
+    """No message bytes extend the field we prepend, whatever its first line (item 10).
+
+    Our parser and Python's both see our field, and only it, up to its own line ending; the
+    original bytes follow unchanged (after a separator when they have no header section).
+    """
+    message = Message(data)
+    field = OURS.replace(b"\n", message.linesep)  # as authresults folds it
+    payload = message.with_header(field)
+    ours = field + message.linesep
+    assert payload.startswith(ours)
+    assert payload.endswith(data)
+    assert _first_field_end(payload) == ("X-Ours", len(ours))
+    assert _python_first_value(payload) == "1; second=clause"
+
+
+@given(
+    st.binary(max_size=300),
+    st.sampled_from([b"", b"A: 1\n", b"A: 1\r\n", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\x00"]),
+)
+def test_no_message_extends_our_field(data: bytes, start: bytes) -> None:
+    """For arbitrary bytes, our field ends at its own line ending, in our parser and Python's."""
+    data = start + data
+    message = Message(data)
+    field = OURS.replace(b"\n", message.linesep)  # as authresults folds it
+    payload = message.with_header(field)
+    ours = field + message.linesep
+    assert payload.startswith(ours)
+    assert payload.endswith(data)
+    assert len(payload) - len(ours) - len(data) in (0, len(message.linesep))
+    assert _first_field_end(payload) == ("X-Ours", len(ours))
+    assert _python_first_value(payload) == "1; second=clause"

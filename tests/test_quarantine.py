@@ -259,7 +259,7 @@ def test_missing_store_is_empty(tmp_path: Path) -> None:
     """Listing a store that was never written to shows nothing and creates nothing."""
     store = Store(tmp_path / "never", Clock())
     assert store.entries() == []
-    assert store.purge(timedelta(days=1)) == 0
+    assert store.purge(timedelta(days=1)) == quarantine.Purged(0)
     assert not store.directory.exists()
 
 
@@ -285,7 +285,7 @@ def test_purge_removes_old_entries_and_stale_temporary_files(store: Store, clock
         path.write_bytes(b"partial")
         stamp = (T0 - age).timestamp()
         os.utime(path, (stamp, stamp))
-    assert store.purge(timedelta(days=30), now=T0) == 2
+    assert store.purge(timedelta(days=30), now=T0) == quarantine.Purged(2)
     assert sorted(e.metadata.queue_id or "" for e in store.entries()) == ["D1", "D29"]
     assert not stale.exists()
     assert fresh.exists()
@@ -385,7 +385,7 @@ def test_symlink_in_place_of_an_entry_is_not_followed(store: Store, tmp_path: Pa
     elsewhere = tmp_path / "elsewhere"
     (store.directory / entry.id).rename(elsewhere)
     (store.directory / entry.id).symlink_to(elsewhere)
-    with pytest.raises(QuarantineError, match="cannot read"):
+    with pytest.raises(QuarantineError, match="is a symbolic link; refused"):
         store.get(entry.id)
     assert store.scan().unreadable == [entry.id]
 
@@ -799,3 +799,170 @@ def test_cli_list_release_delete_purge(tmp_path: Path) -> None:
     purged = cli.run("purge", "--older-than", "1")
     assert (purged.returncode, purged.stdout) == (0, "purged 0 entries older than 1 days\n")
     assert cli.store.entries() == []
+
+
+# ---- a store part that is a symbolic link or another user's (issue 12, item 8) ----------------
+
+OLD = (T0 - timedelta(days=100)).timestamp()
+# Every path under the victim that a purge following a planted link would remove.
+VICTIM_FILES = (
+    "old.txt",
+    "tmp/old.txt",
+    "pending/old.txt",
+    "2020010100/old.txt",
+    "delivered/pending/old.txt",
+    "delivered/2020010100/old.txt",
+)
+THIRD_USER = 65534  # nobody: neither root nor the store's owner
+
+
+def _victim(root: Path) -> Path:
+    """A directory of old files that no purge of the store may touch."""
+    for name in VICTIM_FILES:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"precious")
+        os.utime(path, (OLD, OLD))
+    return root
+
+
+def _plant(cli: Cli, part: str, kind: str, tmp_path: Path) -> Path:
+    """Make ``part`` of the store a link to a victim directory, or a third user's directory."""
+    store = cli.store.directory
+    (store / "delivered" / "pending").mkdir(parents=True, exist_ok=True)
+    (store / "delivered" / "2020010100").mkdir(exist_ok=True)
+    old_entry = cli.store.put(meta(queue_id="OLD"), DATA)
+    target = store / (old_entry.id if part == "entry" else part)
+    if kind == "symlink":
+        victim = _victim(tmp_path / "victim")
+        if target.is_dir():
+            os.rename(target, tmp_path / "displaced")
+        else:
+            target.unlink()
+        target.symlink_to(victim)
+        return victim
+    # A third user's directory (or entry) in the place of the part: its files are theirs.
+    if part == "entry":
+        os.chown(target, THIRD_USER, THIRD_USER)
+        os.utime(target, (OLD, OLD))
+        return target
+    _victim(target)
+    for path in [target, *target.rglob("*")]:
+        os.chown(path, THIRD_USER, THIRD_USER, follow_symlinks=False)
+    return target
+
+
+PARTS = ["tmp", "delivered", "delivered/pending", "delivered/2020010100", "entry", "."]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "symlink",
+        pytest.param(
+            "foreign",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="only root can chown"),
+        ),
+    ],
+)
+@pytest.mark.parametrize("part", PARTS)
+def test_purge_refuses_a_linked_or_foreign_part_of_the_store(
+    tmp_path: Path, part: str, kind: str
+) -> None:
+    """``purge`` (as root, too) never deletes through a planted link or in another user's part.
+
+    It removes what it safely can, names each part it refused and why, and exits 1.
+    """
+    cli = Cli(tmp_path)
+    cli.store.directory.mkdir()
+    if part == "." and kind == "foreign":
+        # The store directory's owner is the store's owner: root purges that user's store.
+        old = cli.store.put(meta(queue_id="OLD"), DATA)
+        for path in [cli.store.directory, *cli.store.directory.rglob("*")]:
+            os.chown(path, THIRD_USER, THIRD_USER)
+        done = cli.run("purge", "--older-than", "0")
+        assert (done.returncode, done.stderr) == (0, "")
+        assert not (cli.store.directory / old.id).exists()
+        return
+    kept = _plant(cli, part, kind, tmp_path)
+    before = sorted(str(p) for p in kept.rglob("*")) if kept.is_dir() else [str(kept)]
+    done = cli.run("purge", "--older-than", "0")
+    assert done.returncode == 1, done
+    shown = "quarantine" if part == "." else part.split("/")[-1] if part != "entry" else ""
+    assert shown in done.stderr
+    reason = "symbolic link" if kind == "symlink" else f"owned by uid {THIRD_USER}"
+    assert reason in done.stderr
+    assert "Traceback" not in done.stderr
+    after = sorted(str(p) for p in kept.rglob("*")) if kept.is_dir() else [str(kept)]
+    assert after == before
+    if kind == "symlink":
+        assert all((kept / name).exists() for name in VICTIM_FILES)
+
+
+@pytest.mark.parametrize("command", ["show", "release", "delete"])
+def test_commands_refuse_a_linked_store(tmp_path: Path, command: str) -> None:
+    """show, release and delete never act on a store directory that is a symbolic link."""
+    cli = Cli(tmp_path)
+    real = Store(tmp_path / "elsewhere", Clock())
+    entry = real.put(meta(), DATA)
+    cli.store.directory.symlink_to(real.directory)
+    done = cli.run(command, entry.id)
+    assert done.returncode == 1
+    assert "symbolic link" in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert cli.sendmail.calls == []
+    assert real.get(entry.id)[1] == DATA
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can chown")
+@pytest.mark.parametrize("command", ["show", "release", "delete"])
+def test_commands_refuse_a_third_users_entry(tmp_path: Path, command: str) -> None:
+    """An entry file owned by neither the store's owner nor root is refused, even by root."""
+    cli = Cli(tmp_path)
+    entry = cli.store.put(meta(), DATA)
+    os.chown(cli.store.directory / entry.id, THIRD_USER, THIRD_USER)
+    done = cli.run(command, entry.id)
+    assert done.returncode == 1
+    assert f"owned by uid {THIRD_USER}" in done.stderr
+    assert cli.sendmail.calls == []
+    assert (cli.store.directory / entry.id).exists()
+
+
+# ---- a release never lets the message extend our A-R field (issue 12, item 10) -----------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            b" dmarc=pass header.from=reject.example\nFrom: ceo@reject.example\n\nHi\n",
+            id="continuation-first",
+        ),
+        pytest.param(
+            b"\tdkim=pass\r\nFrom: ceo@reject.example\r\n\r\nHi\r\n", id="tab-continuation-crlf"
+        ),
+        pytest.param(b"From ceo@reject.example\nSubject: x\n\nHi\n", id="no-colon"),
+        pytest.param(b"\n dmarc=pass\n", id="empty-header-section"),
+    ],
+)
+def test_release_of_a_malformed_message_keeps_our_field_whole(tmp_path: Path, data: bytes) -> None:
+    """The bytes a release re-injects start with our A-R field, ending where we say."""
+    import email.parser
+    import email.policy
+
+    cli = Cli(tmp_path)
+    entry = cli.store.put(
+        meta(reasons=("malformed: the message starts with a continuation",)), data
+    )
+    done = cli.run("release", entry.id)
+    assert (done.returncode, done.stderr) == (0, "")
+    [call] = cli.sendmail.calls
+    assert call.data.endswith(data)
+    parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(call.data)
+    name, value = parsed.items()[0]
+    assert name == "Authentication-Results"
+    assert " ".join(value.split()) == AR
+    assert "dmarc=pass" not in value
+    assert "dkim=pass" not in value
+    first = quarantine.Message(call.data).headers[0]
+    assert call.data[: first.end].rstrip(b"\r\n").endswith(b"header.from=reject.example")

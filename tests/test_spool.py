@@ -13,6 +13,7 @@ import io
 import ipaddress
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -602,9 +603,10 @@ def cli_config(tmp: Path, quarantine: Path) -> tuple[Path, Path]:
         'trusted_networks = ["10.0.0.0/8"]\n'
         '[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 0.2\n'
         '[reinject]\ncommand = ["/bin/sh", "-c", "cat > \\"$0\\"", '
-        f'"{out}", "--", "{{recipients}}"]\n'
+        f'"{out}", "-f", "{{sender}}", "--", "{{recipients}}"]\n'
         f'[quarantine]\ndirectory = "{quarantine}"\n'
-        '[log]\ntarget = "stderr"\n'
+        # Filter mode never logs to stderr (it is the MTA's): a test reads this socket.
+        f'[log]\nsocket = "{tmp / "log.sock"}"\n'
         '[server]\nsocket = ""\n'
     )
     return config, out
@@ -679,7 +681,11 @@ def test_spool_file_size_limit_defers(tmp_path: Path) -> None:
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size}, {size}));"
         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
     )
-    with open(path, "rb") as stdin:
+    with (
+        open(path, "rb") as stdin,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog,
+    ):
+        syslog.bind(str(tmp_path / "log.sock"))
         done = subprocess.run(
             [sys.executable, "-c", limited, *COMMAND, "--config", str(config), "filter", *CLI_ARGV],
             stdin=stdin,
@@ -687,7 +693,10 @@ def test_spool_file_size_limit_defers(tmp_path: Path) -> None:
             timeout=60,
             check=False,
         )
+        syslog.settimeout(5)
+        logged = syslog.recv(65536)
     assert done.returncode == 75
     assert done.stdout == b"4.3.0 Temporary mail filter failure, try again later\n"
-    assert b"SpoolError: spool: cannot write a file in" in done.stderr
+    assert done.stderr == b""
+    assert b"SpoolError: spool: cannot write a file in" in logged
     assert not out.exists()

@@ -139,6 +139,7 @@ def _filter_main(argv: Sequence[str]) -> int:
     def terminate(_signum: int, _frame: Any) -> None:
         raise SystemExit(EX_TEMPFAIL)
 
+    _fill_standard_fds()
     signal.signal(signal.SIGTERM, terminate)
     # A library's warning would be printed on stderr, which Postfix copies into DSNs and logs:
     # on exit 0 nothing may appear there.
@@ -168,14 +169,15 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
 
     config = None
     try:
-        args = build_parser().parse_args(argv)
-        config = config_mod.load(args.config)
+        args = _parse_filter_args(argv)
+        config = config_mod.for_filter(config_mod.load(args.config))
     except BaseException:
         # Log even a bad command line or configuration: to the configured syslog when the
-        # configuration can still be read, else with the defaults.
+        # configuration can still be read (or at least its [log] table), else with the defaults.
+        path = _config_argument(argv)
         with contextlib.suppress(Exception):
-            config = config_mod.load(_config_argument(argv))
-        state["config"] = config or config_mod.Config()
+            config = config_mod.load(path)
+        state["config"] = config or config_mod.Config(log=config_mod.load_log(path))
         raise
     state["config"] = config
     from scatterguard import journal, pipeline
@@ -192,6 +194,44 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
             logger=logger,
         )
     return outcome.code, outcome.status
+
+
+def _parse_filter_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse filter mode's argv; ``--help`` and ``--version`` are usage errors there.
+
+    Filter mode's stdout holds the status line and nothing else, and its exit codes are 0, 69
+    and 75: argparse's help or version text and its SystemExit would break both.
+    """
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return build_parser().parse_args(argv)
+    except SystemExit:
+        raise UsageError(
+            "filter mode does not take --help or --version; see scatterguard(8)"
+        ) from None
+
+
+def _fill_standard_fds() -> None:
+    """Open /dev/null on fd 1 or 2 when the MTA (or a shell's ``>&-``) left it closed.
+
+    Otherwise the next file opened (the syslog socket, a quarantine entry) would get that
+    number, and the status line or a library's message would be written into it. fd 0 is left
+    as it is: a closed stdin is a failure to read the message, never an empty message.
+    """
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+            except OSError:
+                continue
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _hand_over(argv: Sequence[str]) -> tuple[int, str | None] | None:
@@ -256,7 +296,10 @@ def _log_failure(state: dict[str, Any], exc: BaseException) -> None:
                 from scatterguard import config as config_mod
 
                 config = config_mod.load(_config_argument(state.get("argv", ())))
-            logger = journal.setup(config.log)
+            # Never stderr here, whatever log.target says: it belongs to the MTA.
+            from scatterguard.config import filter_log
+
+            logger = journal.setup(filter_log(config.log))
         if logger is not None:
             logger.info(
                 "message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc)
@@ -266,11 +309,16 @@ def _log_failure(state: dict[str, Any], exc: BaseException) -> None:
 
 
 def _status_line(status: str) -> None:
-    """Write the one line the MTA reads; a closed stdout must not change the exit code."""
+    """Write the one line the MTA reads; a closed stdout must not change the exit code.
+
+    It goes to fd 1 directly: ``sys.stdout`` is None when fd 1 was closed at start, and a
+    buffered line that a broken pipe refused would be flushed again, and fail again, at exit.
+    """
+    line = (status.replace("\n", " ").replace("\r", " ") + "\n").encode("utf-8", "replace")
     try:
-        sys.stdout.write(status.replace("\n", " ").replace("\r", " ") + "\n")
-        sys.stdout.flush()
-    except (OSError, ValueError):
+        while line:
+            line = line[os.write(1, line) :]
+    except OSError:
         pass
 
 

@@ -61,7 +61,11 @@ class QuarantineConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """Where the one line per message goes: syslog (mail facility) or stderr."""
+    """Where the one line per message goes: syslog (mail facility) or stderr.
+
+    ``stderr`` is for ``serve`` and for commands run by hand; filter mode refuses it
+    (:func:`for_filter`): there standard error belongs to the MTA.
+    """
 
     target: str = "syslog"
     facility: str = "mail"
@@ -131,6 +135,20 @@ def load(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{os.fspath(path)}: not valid TOML: {exc}") from None
     return parse(data, source=os.fspath(path))
+
+
+def load_log(path: str | os.PathLike[str] | None = None) -> LogConfig:
+    """Only the ``[log]`` table, best effort: where to say why a broken configuration defers.
+
+    Anything that cannot be read or is wrong gives the defaults (syslog on /dev/log).
+    """
+    try:
+        path = path or os.environ.get(ENV_VAR) or DEFAULT_PATH
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+        return _log(_Table(data.get("log", {}), "log.", os.fspath(path)))
+    except (OSError, ValueError, TypeError, AttributeError, ConfigError):
+        return LogConfig()
 
 
 def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
@@ -342,17 +360,68 @@ def _nameserver(text: str) -> tuple[str, int]:
     return host, port
 
 
+def for_filter(config: Config) -> Config:
+    """``config`` when filter mode can keep its contract with it; else a ConfigError.
+
+    In filter mode standard error belongs to the MTA: Postfix copies it into its logs and into
+    bounces, and on exit 0 nothing may appear there, so ``log.target = "stderr"`` is refused
+    (``serve`` and the commands run by hand may use it).
+    """
+    if config.log.target == "stderr":
+        raise ConfigError(
+            f'{config.source}: log.target: "stderr" cannot be used in filter mode, where'
+            ' standard error belongs to the MTA; use "syslog"'
+        )
+    return config
+
+
+def filter_log(log: LogConfig) -> LogConfig:
+    """Where filter mode logs why it defers: syslog, even when ``log.target`` is refused."""
+    return LogConfig("syslog", log.facility, log.socket) if log.target != "syslog" else log
+
+
+# The placeholders of reinject.command; each is a whole argument, never part of one.
+_PLACEHOLDERS = ("{sender}", "{recipients}")
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_]*\}\Z")
+# The options of sendmail(1) and exim(8) whose value is the reverse-path.
+_SENDER_OPTIONS = ("-f", "-r")
+
+
 def _command(value: Any) -> tuple[str, ...]:
+    """The re-injection argv: the reverse-path and the recipients must reach the MTA intact.
+
+    ``{sender}`` exactly once, as a whole argument right after its option (``-f``, ``-r`` or a
+    long option such as ``--sender``) and before ``--``; ``{recipients}`` exactly once, as a
+    whole argument after ``--``. A placeholder glued to other text (``-f{sender}``), a second
+    copy, or an unknown ``{name}`` is refused: each would drop or change the reverse-path or the
+    recipients without a word.
+    """
     if not isinstance(value, list) or not value:
         raise TypeError("expected a non-empty list of arguments")
     command = tuple(_string(item) for item in value)
     if not command[0].startswith("/"):
         raise ValueError(f"the program {command[0]!r} must be an absolute path")
-    if "{recipients}" not in command:
-        raise ValueError('must contain the argument "{recipients}"')
-    if "--" not in command[: command.index("{recipients}")]:
+    for arg in command:
+        if arg in _PLACEHOLDERS:
+            continue
+        if any(placeholder in arg for placeholder in _PLACEHOLDERS):
+            raise ValueError(f"{arg!r}: a placeholder must be a whole argument of its own")
+        if _PLACEHOLDER.match(arg):
+            raise ValueError(f'unknown placeholder {arg!r}: use "{{sender}}" and "{{recipients}}"')
+    for placeholder in _PLACEHOLDERS:
+        if command.count(placeholder) != 1:
+            raise ValueError(f'must contain the argument "{placeholder}" exactly once')
+    recipients = command.index("{recipients}")
+    if "--" not in command[:recipients]:
         # Otherwise a recipient such as "-oi@example.org" would be read as an option.
         raise ValueError('"{recipients}" must come after a "--" argument')
+    sender = command.index("{sender}")
+    if sender > command.index("--"):
+        raise ValueError('"{sender}" must come before "--" (after it, it is a recipient)')
+    option = command[sender - 1] if sender >= 2 else ""
+    if option not in _SENDER_OPTIONS and not (option.startswith("--") and len(option) > 2):
+        # A bare "{sender}" is a recipient to sendmail and Exim; "-f" makes it the reverse-path.
+        raise ValueError('"{sender}" must follow the option that takes it: "-f", "-r" or "--name"')
     return command
 
 

@@ -35,8 +35,9 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
+import re
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,8 +47,10 @@ from typing import Any
 from scatterguard import spool
 from scatterguard.envelope import Envelope
 from scatterguard.errors import QuarantineError, ReinjectError
+from scatterguard.safedir import Directory, UnsafeStore
 
 KEEP_HOURS = 48
+_HOUR = re.compile(r"[0-9]{10}\Z")
 # The name the re-injection process shows in ps and /proc/<pid>/comm (at most 15 bytes).
 PROCESS_NAME = b"sg-reinject"
 MAX_REPORT = 2000
@@ -94,22 +97,43 @@ class DeliveryRecord:
     def seen(self, key: str) -> bool:
         """True when a marker for ``key`` was written in the last KEEP_HOURS hours."""
         now = self.clock()
-        return any(
-            (self.directory / _hour(now - hours * 3600) / key).exists()
-            for hours in range(KEEP_HOURS + 1)
-        )
+        try:
+            with self._open() as record:
+                for hours in range(KEEP_HOURS + 1):
+                    try:
+                        with record.sub(_hour(now - hours * 3600)) as hour:
+                            hour.check(key, hour.lstat(key))
+                            return True
+                    except OSError:
+                        continue  # no marker (or no hour directory) there
+        except OSError:
+            # No record yet (or a file in its place, which note() and claim() report): no marker.
+            # A part that is a link or a third user's raises UnsafeStore: the message defers.
+            return False
+        return False
+
+    def _open(self, *, create: bool = False) -> Directory:
+        """The record's directory, checked as every part of the store (:mod:`.safedir`)."""
+        if create:
+            with Directory.create_root(self.directory.parent) as root:
+                return root.make(self.directory.name)
+        with Directory.root(self.directory.parent) as root:
+            return root.sub(self.directory.name)
 
     def note(self, key: str) -> None:
         """Write the marker; a failure is ignored (the message is delivered, deferring now
         would be what delivers it twice)."""
-        hour = self.directory / _hour(self.clock())
+        name = _hour(self.clock())
         try:
-            if not hour.is_dir():
-                hour.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._prune()
-            with open(hour / key, "x"):
-                pass
-        except OSError:
+            with self._open(create=True) as record:
+                try:
+                    hour = record.sub(name)
+                except FileNotFoundError:
+                    hour = record.make(name)
+                    prune(record, self.clock())
+                with hour:
+                    os.close(hour.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        except (OSError, QuarantineError):
             return
 
     @contextlib.contextmanager
@@ -125,29 +149,41 @@ class DeliveryRecord:
         """
         path = self.directory / "pending" / key
         try:
-            fd = _lock(path)
-        except OSError as exc:
-            raise QuarantineError(
-                f"cannot record deliveries in {path.parent}: {exc.strerror}"
-            ) from None
-        try:
-            claim = Claim(key, fd, done=False)
-            state = os.pread(fd, len(DELIVERED), 0)
-            claim.done = state == DELIVERED or self.seen(key)
-            if not state:
-                # Allocate the file's block now: marking it delivered later overwrites these
-                # bytes in place, which needs neither the directory nor free space.
-                _write_all(fd, ATTEMPT)
-        except OSError as exc:
-            os.close(fd)
-            raise QuarantineError(f"cannot record deliveries in {path}: {exc.strerror}") from None
-        try:
-            yield claim
-            with contextlib.suppress(OSError):
-                if os.pread(fd, len(DELIVERED), 0) != DELIVERED or self.seen(key):
-                    path.unlink()
-        finally:
-            os.close(fd)
+            with self._open(create=True) as record:
+                pending = record.make("pending")
+        except (OSError, QuarantineError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise QuarantineError(f"cannot record deliveries in {path.parent}: {why}") from None
+        with pending:
+            try:
+                fd = _lock(pending, key)
+            except OSError as exc:
+                raise QuarantineError(
+                    f"cannot record deliveries in {path.parent}: {exc.strerror}"
+                ) from None
+            try:
+                claim = Claim(key, fd, done=False)
+                state = os.pread(fd, len(DELIVERED), 0)
+                claim.done = state == DELIVERED or self.seen(key)
+                if not state:
+                    # Allocate the file's block now: marking it delivered later overwrites these
+                    # bytes in place, which needs neither the directory nor free space.
+                    _write_all(fd, ATTEMPT)
+            except OSError as exc:
+                os.close(fd)
+                raise QuarantineError(
+                    f"cannot record deliveries in {path}: {exc.strerror}"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                yield claim
+                with contextlib.suppress(OSError, QuarantineError):
+                    if os.pread(fd, len(DELIVERED), 0) != DELIVERED or self.seen(key):
+                        pending.unlink(key)
+            finally:
+                os.close(fd)
 
     def reinject(self, claim: Claim, reinjector: Callable[..., None], *args: Any) -> None:
         """Call ``reinjector(*args)`` in a child process that records the delivery on success.
@@ -194,29 +230,73 @@ class DeliveryRecord:
             os.pwrite(claim.fd, DELIVERED, 0)
         self.note(claim.key)
 
-    def _prune(self) -> None:
-        oldest = _hour(self.clock() - KEEP_HOURS * 3600)
-        for entry in os.scandir(self.directory):
-            if entry.is_dir(follow_symlinks=False) and entry.name < oldest:
-                shutil.rmtree(entry.path, ignore_errors=True)
-        # Lock files left by killed filters (a retry reuses, then removes, its own).
-        limit = self.clock() - KEEP_HOURS * 3600
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(self.directory / "pending"):
-                with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_mtime < limit:
-                        os.unlink(entry.path)
+
+def prune_store(root: Directory, now: float) -> list[str]:
+    """:func:`prune` the delivery record of the store open as ``root``; return what it refused."""
+    try:
+        with root.sub("delivered") as record:
+            return prune(record, now)
+    except FileNotFoundError:
+        return []
+    except UnsafeStore as exc:
+        return [str(exc)]
 
 
-def _lock(path: Path) -> int:
-    """Open and flock ``path`` (creating it), making sure the lock is on the file still there."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+def prune(record: Directory, now: float) -> list[str]:
+    """Drop hour directories older than KEEP_HOURS and lock files left as long; return refusals.
+
+    Only names of the record's own shape are touched, each through the descriptor of the
+    directory that holds it: a link or a third user's part is left alone and reported.
+    """
+    refused: list[str] = []
+    oldest = _hour(now - KEEP_HOURS * 3600)
+    for name in record.names():
+        if not _HOUR.match(name) or name >= oldest:
+            continue
+        try:
+            with record.sub(name) as hour:
+                _remove_files(hour, None, refused)
+            record.rmdir(name)
+        except UnsafeStore as exc:
+            refused.append(str(exc))
+        except OSError:
+            continue  # gone already, or something we did not make is left inside
+    # Lock files left by killed filters (a retry reuses, then removes, its own).
+    try:
+        with record.sub("pending") as pending:
+            _remove_files(pending, now - KEEP_HOURS * 3600, refused)
+    except UnsafeStore as exc:
+        refused.append(str(exc))
+    except OSError:
+        pass
+    return refused
+
+
+def _remove_files(directory: Directory, older_than: float | None, refused: list[str]) -> None:
+    """Unlink the files in ``directory`` (those last changed before ``older_than``)."""
+    for name in directory.names():
+        try:
+            info = directory.lstat(name)
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            if older_than is not None and info.st_mtime >= older_than:
+                continue
+            directory.check(name, info)
+            directory.unlink(name)
+        except UnsafeStore as exc:
+            refused.append(str(exc))
+        except OSError:
+            continue
+
+
+def _lock(pending: Directory, key: str) -> int:
+    """Open and flock ``key`` (creating it), making sure the lock is on the file still there."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = pending.open(key, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             # The holder removes the file when done; a lock on a removed file guards nothing.
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            if os.fstat(fd).st_ino == pending.lstat(key).st_ino:
                 return fd
         except FileNotFoundError:
             pass

@@ -112,6 +112,14 @@ class Message:
         """The message with ``field`` prepended and the ``remove`` fields cut out, unjoined.
 
         ``field`` is ``Name: value`` without a line ending; the message's own line ending is used.
+
+        Our field ends where we say, whatever the message's first bytes: a message without a
+        header section (its first line is a continuation, has no field name, starts with a
+        NUL or a bare CR; see :func:`_scan`, which then puts the body at offset 0) would
+        otherwise continue our field (RFC 5322 §2.2.3: a line starting with white space is
+        part of the field before it) or be read as header fields we never checked. Such a
+        message gets an empty line after our field, so every reader sees what we saw: our
+        field, then the message's bytes, unchanged, as the body.
         """
         keep = []
         position = 0
@@ -121,7 +129,10 @@ class Message:
             position = max(position, end)
         if position < self.size:
             keep.append((position, self.size))
-        return Payload(field + self.linesep, self.source, tuple(keep))
+        prefix = field + self.linesep
+        if self.body_offset == 0 and self.size:
+            prefix += self.linesep  # the header section is ours alone (see above)
+        return Payload(prefix, self.source, tuple(keep))
 
     def with_header(self, field: bytes, remove: Iterable[Header] = ()) -> bytes:
         """:meth:`prepend`, joined into bytes."""

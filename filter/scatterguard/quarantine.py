@@ -26,6 +26,13 @@ second one, while a message that the MTA splits into several deliveries (one que
 recipients) gets one entry per delivery and loses none. Ids given on the command line are checked
 against ``^[0-9a-f]{32}$`` before any path is built from them.
 
+Links and other users' files: ``quarantine`` commands may run as root on a store that belongs to
+the filter's user, so no part of the store is ever reached through a path resolved again: each
+is opened with ``O_NOFOLLOW`` relative to its directory's descriptor and checked on that
+descriptor (:mod:`scatterguard.safedir`). A link, or a part owned by neither the store's owner
+nor root, is refused (:class:`~scatterguard.safedir.UnsafeStore`): the filter defers, ``purge``
+leaves that part alone, purges the rest and exits 1 naming it.
+
 The command functions (``list_entries``, ``show``, ``release``, ``delete``, ``purge``) take the
 store and output streams, know nothing of argparse, and return 0 on success and 1 on failure with
 one line on ``err``. Everything they print that came from a message or an envelope is escaped, so
@@ -43,6 +50,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +63,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from scatterguard import authresults, spool
 from scatterguard.errors import QuarantineError, ReinjectError
 from scatterguard.message import Message, Payload
+from scatterguard.safedir import Directory, UnsafeStore
 from scatterguard.spool import Spooled
 
 if TYPE_CHECKING:
@@ -226,80 +235,52 @@ class Store:
                 f"quarantine: cannot read the spool file: {_reason(exc)}"
             ) from None
         new_id = _entry_id(metadata, digest)
-        final = self.directory / new_id
-        self._prepare()
-        try:
-            existing: Entry | None = self.verified(new_id)
-        except NotFound:
-            existing = None
-        except QuarantineError:
-            # A damaged entry under this id: the rename below replaces it with a good copy.
-            existing = None
-        if existing is not None:
-            # A retried delivery. The earlier attempt may have died between its rename and its
-            # directory fsync, so make the entry durable before the MTA forgets the message.
-            self._sync_directory(self.directory)
-            return existing
-        entry = Entry(
-            id=new_id,
-            received=self.now(),
-            size=spool.size(data),
-            sha256=digest,
-            metadata=metadata,
-        )
-        head = json.dumps(_to_record(entry), ensure_ascii=True, separators=(",", ":"))
-        self._write(final, head.encode("ascii") + b"\n", data)
+        with Directory.create_root(self.directory) as root, root.make("tmp") as tmp:
+            try:
+                existing: Entry | None = self._verified(root, new_id)
+            except NotFound:
+                existing = None
+            except UnsafeStore:
+                raise
+            except QuarantineError:
+                # A damaged entry under this id: the rename below replaces it with a good copy.
+                existing = None
+            if existing is not None:
+                # A retried delivery. The earlier attempt may have died between its rename and
+                # its directory fsync, so make the entry durable before the MTA forgets it.
+                root.sync()
+                return existing
+            entry = Entry(
+                id=new_id,
+                received=self.now(),
+                size=spool.size(data),
+                sha256=digest,
+                metadata=metadata,
+            )
+            head = json.dumps(_to_record(entry), ensure_ascii=True, separators=(",", ":"))
+            self._write(root, tmp, new_id, head.encode("ascii") + b"\n", data)
         return entry
 
     def spool_directory(self) -> Path:
-        """Where intake spools a large message: tmp/, created when missing.
+        """Where intake spools a large message: tmp/, created when missing, checked.
 
         Spool files there are anonymous (:mod:`scatterguard.spool`): they have no name, so no
         reader takes them for an entry and :meth:`purge` never meets them; and a quarantined
-        spooled message is copied into its entry within one file system.
+        spooled message is copied into its entry within one file system. tmp/ is checked as
+        every part of the store is (:mod:`scatterguard.safedir`): a link there is refused.
         """
-        self._prepare()
+        with Directory.create_root(self.directory) as root, root.make("tmp"):
+            pass
         return self.tmp
 
-    def _prepare(self) -> None:
-        """Create the store and its tmp/ directory, mode 0700, when they are missing."""
-        for path in (self.directory, self.tmp):
-            if path.is_dir():
-                continue
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise QuarantineError(
-                    f"quarantine: cannot create directory {path.parent}: {_reason(exc)}"
-                ) from None
-            try:
-                os.mkdir(path, DIRECTORY_MODE)
-                # The umask may have taken bits away: set the mode explicitly.
-                os.chmod(path, DIRECTORY_MODE)
-            except FileExistsError:
-                # Another process made it first, or something that is not a directory is there.
-                if not path.is_dir():
-                    raise QuarantineError(
-                        f"quarantine: cannot create directory {path}: something else is in the way"
-                    ) from None
-                continue
-            except OSError as exc:
-                raise QuarantineError(
-                    f"quarantine: cannot create directory {path}: {_reason(exc)}"
-                ) from None
-            self._sync_directory(path.parent)
-
-    def _write(self, final: Path, head: bytes, data: bytes | Spooled) -> None:
+    def _write(
+        self, root: Directory, tmp: Directory, final: str, head: bytes, data: bytes | Spooled
+    ) -> None:
         """Maildir delivery: tmp file, write, fsync, rename into place, fsync the directory."""
         # The temporary name is ours alone: time, process and randomness, nothing from the mail.
         name = f"{time.time_ns()}.{os.getpid()}.{secrets.token_hex(8)}"
-        temporary = self.tmp / name
         try:
-            fd = os.open(
-                temporary,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                FILE_MODE,
-            )
+            fd = tmp.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except OSError as exc:
             raise QuarantineError(
                 f"quarantine: cannot create a file in {self.tmp}: {_reason(exc)}"
@@ -315,42 +296,55 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(temporary, final)
+            tmp.rename_into(name, root, final)
         except BaseException as exc:
             # Also on the filter's deadline alarm (a BaseException): leave no partial file.
             with contextlib.suppress(OSError):
-                os.unlink(temporary)
+                tmp.unlink(name)
             if isinstance(exc, OSError):
                 raise QuarantineError(
                     f"quarantine: cannot write an entry in {self.directory}: {_reason(exc)}"
                 ) from None
             raise
-        self._sync_directory(self.directory)
-
-    def _sync_directory(self, path: Path) -> None:
-        """fsync a directory so a rename or unlink in it survives a crash."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise QuarantineError(f"quarantine: cannot sync {path}: {_reason(exc)}") from None
+        root.sync()
 
     # ---- reading -------------------------------------------------------------------------
+
+    def _root(self) -> Directory:
+        """The store directory, open and checked; FileNotFoundError when there is none."""
+        try:
+            return Directory.root(self.directory)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise QuarantineError(
+                f"quarantine: cannot read directory {self.directory}: {_reason(exc)}"
+            ) from None
+
+    def _entry_root(self, entry_id: str) -> Directory:
+        """The store directory for a command on one entry; no store means no such entry."""
+        self._check_id(entry_id)
+        try:
+            return self._root()
+        except FileNotFoundError:
+            raise NotFound(f"quarantine: no entry {entry_id}") from None
 
     def scan(self) -> Scan:
         """All entries, oldest first; a missing store is an empty one."""
         entries: list[Entry] = []
         unreadable: list[str] = []
-        for name in self._names():
-            try:
-                entries.append(self.entry(name))
-            except NotFound:
-                continue  # deleted while we were looking
-            except QuarantineError:
-                unreadable.append(name)
+        try:
+            root = self._root()
+        except FileNotFoundError:
+            return Scan(entries, unreadable)
+        with root:
+            for name in self._names(root):
+                try:
+                    entries.append(self._entry(root, name))
+                except NotFound:
+                    continue  # deleted while we were looking
+                except QuarantineError:
+                    unreadable.append(name)
         entries.sort(key=lambda e: (e.received, e.id))
         return Scan(entries, unreadable)
 
@@ -358,31 +352,33 @@ class Store:
         """All readable entries, oldest first."""
         return self.scan().entries
 
-    def _names(self) -> Iterator[str]:
+    def _names(self, root: Directory) -> list[str]:
         try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return
+            names = root.names()
         except OSError as exc:
             raise QuarantineError(
                 f"quarantine: cannot read directory {self.directory}: {_reason(exc)}"
             ) from None
         # Only names that have the shape of an id are entries: tmp/, lost+found, editor
         # backups and anything else an administrator put there are not.
-        yield from sorted(name for name in names if valid_id(name))
+        return [name for name in names if valid_id(name)]
 
-    def _path(self, entry_id: str) -> Path:
+    @staticmethod
+    def _check_id(entry_id: str) -> None:
         if not valid_id(entry_id):
             raise NotFound(
                 f"quarantine: '{_printable(entry_id)}' is not a quarantine id (32 hex digits)"
             )
-        return self.directory / entry_id
 
     def entry(self, entry_id: str) -> Entry:
         """The metadata of one entry (the message bytes are not read)."""
-        path = self._path(entry_id)
+        with self._entry_root(entry_id) as root:
+            return self._entry(root, entry_id)
+
+    def _entry(self, root: Directory, entry_id: str) -> Entry:
+        path = self.directory / entry_id
         try:
-            with _open(path) as handle:
+            with _open(root, entry_id) as handle:
                 head = handle.readline()
                 total = os.fstat(handle.fileno()).st_size
         except FileNotFoundError:
@@ -397,9 +393,13 @@ class Store:
 
     def verified(self, entry_id: str) -> Entry:
         """One entry, its message checked as :meth:`get` does, but read in chunks, not kept."""
-        path = self._path(entry_id)
+        with self._entry_root(entry_id) as root:
+            return self._verified(root, entry_id)
+
+    def _verified(self, root: Directory, entry_id: str) -> Entry:
+        path = self.directory / entry_id
         try:
-            with _open(path) as handle:
+            with _open(root, entry_id) as handle:
                 head = handle.readline()
                 size = os.fstat(handle.fileno()).st_size - len(head)
                 digest = hashlib.file_digest(handle, "sha256").hexdigest()
@@ -414,14 +414,15 @@ class Store:
 
     def get(self, entry_id: str) -> tuple[Entry, bytes]:
         """One entry and its message bytes, checked against the stored size and digest."""
-        path = self._path(entry_id)
-        try:
-            with _open(path) as handle:
-                content = handle.read()
-        except FileNotFoundError:
-            raise NotFound(f"quarantine: no entry {entry_id}") from None
-        except OSError as exc:
-            raise QuarantineError(f"quarantine: cannot read {path}: {_reason(exc)}") from None
+        path = self.directory / entry_id
+        with self._entry_root(entry_id) as root:
+            try:
+                with _open(root, entry_id) as handle:
+                    content = handle.read()
+            except FileNotFoundError:
+                raise NotFound(f"quarantine: no entry {entry_id}") from None
+            except OSError as exc:
+                raise QuarantineError(f"quarantine: cannot read {path}: {_reason(exc)}") from None
         head, _, data = content.partition(b"\n")
         entry = _from_record(entry_id, head, path)
         if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
@@ -437,76 +438,135 @@ class Store:
         second release is refused while the first runs, and once the first has removed the
         entry the second finds it gone (the lock is checked to be on the file still named so).
         """
-        path = self._path(entry_id)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            raise NotFound(f"quarantine: no entry {entry_id}") from None
-        except OSError as exc:
-            raise QuarantineError(f"quarantine: cannot open {path}: {_reason(exc)}") from None
-        try:
+        path = self.directory / entry_id
+        with self._entry_root(entry_id) as root:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise QuarantineError(
-                    f"quarantine: entry {entry_id} is being released or deleted by another process"
-                ) from None
-            try:
-                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+                fd = root.open(entry_id, os.O_RDONLY)
             except FileNotFoundError:
-                same = False
-            if not same:
-                raise NotFound(f"quarantine: no entry {entry_id}")
-            yield
-        finally:
-            os.close(fd)
+                raise NotFound(f"quarantine: no entry {entry_id}") from None
+            except OSError as exc:
+                raise QuarantineError(f"quarantine: cannot open {path}: {_reason(exc)}") from None
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise QuarantineError(
+                        f"quarantine: entry {entry_id} is being released or deleted by another"
+                        " process"
+                    ) from None
+                try:
+                    same = root.lstat(entry_id).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    raise NotFound(f"quarantine: no entry {entry_id}")
+                yield
+            finally:
+                os.close(fd)
 
     # ---- removing ------------------------------------------------------------------------
 
     def delete(self, entry_id: str) -> None:
-        """Remove one entry durably."""
-        path = self._path(entry_id)
+        """Remove one entry durably (a link or a third user's file in its place is refused)."""
+        with self._entry_root(entry_id) as root:
+            self._delete(root, entry_id)
+
+    def _delete(self, root: Directory, entry_id: str) -> None:
+        path = self.directory / entry_id
         try:
-            os.unlink(path)
+            root.check(entry_id, root.lstat(entry_id))
+            root.unlink(entry_id)
         except FileNotFoundError:
             raise NotFound(f"quarantine: no entry {entry_id}") from None
         except OSError as exc:
             raise QuarantineError(f"quarantine: cannot remove {path}: {_reason(exc)}") from None
-        self._sync_directory(self.directory)
+        root.sync()
 
-    def purge(self, older_than: timedelta, now: datetime | None = None) -> int:
-        """Remove entries received more than ``older_than`` before ``now``; return how many.
+    def purge(self, older_than: timedelta, now: datetime | None = None) -> Purged:
+        """Remove entries received more than ``older_than`` before ``now``.
 
-        Stale files in tmp/ (older than 36 hours, left by a crash) are removed too, uncounted.
+        Stale files in tmp/ (older than 36 hours, left by a crash) are removed too, uncounted,
+        and so are the delivery record's old markers and lock files (:mod:`scatterguard.delivered`).
+        A part of the store that is a link or a third user's is left alone and reported in the
+        result (the store directory itself: UnsafeStore); everything else is still purged.
         """
         moment = self.now() if now is None else _utc(now)
         cutoff = moment - older_than
+        refused: list[str] = []
+        try:
+            root = self._root()
+        except FileNotFoundError:
+            return Purged(0, ())
+        with root:
+            removed = self._purge_entries(root, cutoff, refused)
+            self._purge_tmp(root, moment, refused)
+            from scatterguard import delivered  # only a purge needs the delivery record
+
+            refused.extend(delivered.prune_store(root, moment.timestamp()))
+        return Purged(removed, tuple(refused))
+
+    def _purge_entries(self, root: Directory, cutoff: datetime, refused: list[str]) -> int:
         removed = 0
-        for entry in self.entries():
+        for name in self._names(root):
+            try:
+                entry = self._entry(root, name)
+            except UnsafeStore as exc:
+                refused.append(str(exc))
+                continue
+            except QuarantineError:
+                continue  # gone, or damaged: `list` reports it, `delete` removes it
             if entry.received < cutoff:
                 try:
-                    self.delete(entry.id)
+                    self._delete(root, entry.id)
                 except NotFound:
                     continue
+                except UnsafeStore as exc:
+                    refused.append(str(exc))
+                    continue
                 removed += 1
-        self._purge_tmp(moment)
         return removed
 
-    def _purge_tmp(self, moment: datetime) -> None:
+    def _purge_tmp(self, root: Directory, moment: datetime, refused: list[str]) -> None:
         limit = (moment - STALE_TMP).timestamp()
         try:
-            names = os.listdir(self.tmp)
+            tmp = root.sub("tmp")
         except FileNotFoundError:
+            return
+        except UnsafeStore as exc:
+            refused.append(str(exc))
             return
         except OSError as exc:
             raise QuarantineError(f"quarantine: cannot read {self.tmp}: {_reason(exc)}") from None
-        for name in names:
-            path = self.tmp / name
+        with tmp:
             try:
-                if path.is_file() and path.lstat().st_mtime < limit:
-                    path.unlink()
+                names = tmp.names()
             except OSError as exc:
-                raise QuarantineError(f"quarantine: cannot remove {path}: {_reason(exc)}") from None
+                raise QuarantineError(
+                    f"quarantine: cannot read {self.tmp}: {_reason(exc)}"
+                ) from None
+            for name in names:
+                try:
+                    info = tmp.lstat(name)
+                    if stat.S_ISDIR(info.st_mode) or info.st_mtime >= limit:
+                        continue
+                    tmp.check(name, info)
+                    tmp.unlink(name)
+                except FileNotFoundError:
+                    continue
+                except UnsafeStore as exc:
+                    refused.append(str(exc))
+                except OSError as exc:
+                    raise QuarantineError(
+                        f"quarantine: cannot remove {self.tmp / name}: {_reason(exc)}"
+                    ) from None
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What a purge did: how many entries it removed, and the parts it refused (and why)."""
+
+    removed: int
+    refused: tuple[str, ...] = ()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -536,13 +596,12 @@ def _copy_file(source: int, target: int, count: int) -> None:
         offset += copied
 
 
-def _open(path: Path) -> BufferedReader:
-    """Open an entry for reading without following a symbolic link planted in its place.
+def _open(root: Directory, entry_id: str) -> BufferedReader:
+    """Open an entry for reading, never through a link and never a third user's file.
 
     The store belongs to the filter's user while ``quarantine show``/``release`` may run as root.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return os.fdopen(fd, "rb")
+    return os.fdopen(root.open(entry_id, os.O_RDONLY), "rb")
 
 
 def _to_record(entry: Entry) -> dict[str, Any]:
@@ -802,9 +861,11 @@ def purge(
     if not math.isfinite(older_than_days) or older_than_days < 0:
         return _fail(err, QuarantineError(f"purge: {older_than_days!r} is not a number of days"))
     try:
-        removed = store.purge(timedelta(days=older_than_days), now)
+        purged = store.purge(timedelta(days=older_than_days), now)
     except (QuarantineError, OverflowError) as exc:
         return _fail(err, exc)
-    noun = "entry" if removed == 1 else "entries"
-    out.write(f"purged {removed} {noun} older than {older_than_days:g} days\n")
-    return 0
+    for problem in purged.refused:
+        _fail(err, QuarantineError(f"purge: {problem.removeprefix('quarantine: ')}"))
+    noun = "entry" if purged.removed == 1 else "entries"
+    out.write(f"purged {purged.removed} {noun} older than {older_than_days:g} days\n")
+    return 1 if purged.refused else 0

@@ -20,6 +20,8 @@ Targets:
 - ``authresults``: :func:`scatterguard.authresults.render` of an AuthReport built from the bytes
   (printable ASCII, folded, parsed back by authres to the same methods and words, no value that
   was not a valid domain, selector or algorithm).
+- ``reinject_command``: ``reinject.command`` validation (issue 12, item 11): an accepted command
+  passes the reverse-path and every recipient intact.
 """
 
 from __future__ import annotations
@@ -69,10 +71,16 @@ def message(data: bytes) -> None:
     assert all(h.name.lower() == "authentication-results" for h in ours)
 
     field = b"Authentication-Results: " + AUTHSERV.encode() + b"; spf=pass"
-    assert msg.with_header(field) == field + msg.linesep + data
+    # A message without a header section gets an empty line after our field (issue 12, item 10).
+    separator = msg.linesep if msg.body_offset == 0 and data else b""
+    assert msg.with_header(field) == field + msg.linesep + separator + data
     out = msg.with_header(field, ours)
     removed = sum(h.end - h.start for h in ours)
-    assert len(out) == len(field) + len(msg.linesep) + len(data) - removed
+    assert len(out) == len(field) + len(msg.linesep) + len(separator) + len(data) - removed
+    # issue 12, item 10: whatever the message, our field ends where we say, also once the
+    # fields with our authserv-id are cut out.
+    for prepended in (msg.with_header(field), out):
+        assert Message(prepended).headers[0].raw(prepended) == field + msg.linesep
 
     # Read back, the prepended field is exactly ours and every other field is where it was. A
     # first line that starts with white space would fold into our field: such a message must be
@@ -306,6 +314,46 @@ def tokens() -> list[bytes]:
     return found
 
 
+# ---------------------------------------------------------------------------------------------
+# Issue 12, item 11 (the admin block): reinject.command
+
+
+def reinject_command(data: bytes) -> None:
+    """A command the configuration accepts hands the MTA the reverse-path and every recipient.
+
+    The bytes are split on NUL into arguments (the program first). Accepted or refused with a
+    ConfigError naming ``reinject.command``, nothing else; once accepted, the expanded argv has
+    the sender exactly once, right after its option and before ``--``, and the recipients, all
+    of them, together, after ``--``.
+    """
+    from scatterguard import config
+    from scatterguard.errors import ConfigError
+    from scatterguard.reinject import expand
+
+    command = [arg.decode("utf-8", "replace") for arg in data.split(b"\x00")]
+    try:
+        parsed = config.parse({"reinject": {"command": command}}, source="fuzz")
+    except ConfigError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert "reinject.command" in refused
+        return
+    # A lone surrogate: no argument decoded from the bytes can hold one.
+    sender, recipients = "\ud800s@x.example", ["\ud800r1@y.example", "\ud800r2@y.example"]
+    argv = expand(parsed.reinject.command, sender, recipients)
+    assert argv.count(sender) == 1
+    at = argv.index(sender)
+    assert argv[at - 1] in ("-f", "-r") or argv[at - 1].startswith("--")
+    dash = argv.index("--")
+    assert at < dash
+    start = argv.index(recipients[0])
+    assert start > dash
+    assert argv[start : start + 2] == recipients
+    assert sum(arg.startswith("\ud800") for arg in argv) == 3
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "message": message,
     "bsmtp": bsmtp,
@@ -313,4 +361,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "from_domains": from_domains,
     "authresults": authresults_render,
     "reverse_path": reverse_path,
+    "reinject_command": reinject_command,
 }

@@ -143,8 +143,20 @@ def write_config(
 ) -> Path:
     """A configuration for the smoke test; ``socket`` empty means filter works in-process."""
     reinjected = work / "out" / "reinjected.eml"
-    # The validator wants "{recipients}" after "--"; for sh -c that is just $1.
-    command = ["/bin/sh", "-c", 'cat > "$0"', str(reinjected), "--", "{recipients}"]
+    # The validator wants "-f {sender}" before "--" and "{recipients}" after it; for sh -c
+    # those are just positional parameters.
+    command = [
+        "/bin/sh",
+        "-c",
+        'cat > "$0"',
+        str(reinjected),
+        "-f",
+        "{sender}",
+        "--",
+        "{recipients}",
+    ]
+    # Filter mode refuses to log to stderr (it belongs to the MTA there); the server may.
+    log_target = "stderr" if socket else "syslog"
     text = f"""\
 authserv_id = "{AUTHSERV_ID}"
 trusted_networks = []
@@ -157,7 +169,7 @@ timeout = 2.0
 command = {json.dumps(command)}
 
 [log]
-target = "stderr"
+target = "{log_target}"
 
 [server]
 socket = "{socket}"
