@@ -51,14 +51,14 @@ def forge(
 
     ``template`` ends with ``b=`` (the signature is appended there) and may hold ``BH`` where the
     body hash goes. ``include`` are the field names hashed; by default those of the first ``h=``
-    in the template. The field's line breaks must be ``linesep``; it is hashed with CRLF line
-    ends, as the verifier sees it.
+    in the template (From alone when it has none). Line breaks in ``template`` are CRLF; the
+    field is written with ``linesep`` and hashed with CRLF, as the verifier sees it.
     """
     value = template.replace(BODY_HASH, body_hash(message, canonicalize))
     if include is None:
         found = _SIGNED.search(value)
-        assert found is not None, "template without h="
-        include = tuple(n.strip().lower() for n in found.group(1).split(b":"))
+        names = found.group(1).split(b":") if found else [b"from"]
+        include = tuple(n.strip().lower() for n in names)
     headers, _body = dkim.rfc822_parse(message)
     policy = dkim.CanonicalizationPolicy.from_c_value(canonicalize)
     hasher = hashlib.sha256()

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import dkim
+import dkim.util
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dkimforge import forge
 from dnsserver import DnsServer
 from scatterguard.config import DkimConfig
-from scatterguard.dkimcheck import check_dkim
+from scatterguard.dkimcheck import TagListError, check_dkim, parse_tag_list
 from scatterguard.message import Message
 from scatterguard.resolver import Resolver
 from scatterguard.results import DkimResult, Result
@@ -130,3 +135,187 @@ def test_spoof_of_reject_domain_through_check_and_filter(
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
     assert mta.sendmail.calls == []
     assert len(mta.entries()) == 1
+
+
+# --- the property: what we report is what dkimpy verified --------------------------------------
+
+# Bytes that may sit around or inside a tag name: what dkimpy's bytes.strip() removes and what it
+# keeps, UTF-8 spaces, C0/C1 controls, punctuation the grammar refuses, and plain ALNUMPUNC.
+AROUND = [
+    *ODD.values(),
+    *(bytes([c]) for c in (*range(0x00, 0x09), 0x0B, 0x0C, 0x0E, 0x1B, 0x1E, 0x7F, 0xA0, 0xFF)),
+    b"\r",
+    b"\n ",
+    b"-",
+    b".",
+    b"_",
+    b"1",
+    b":",
+    b"'",
+    b'"',
+    b"=",
+    b"\xef\xbb\xbf",  # a byte order mark
+    b"\xe2\x80\x8b",  # a zero-width space
+]
+SPACES = [b"", b"", b" ", b"\t", b"  ", b"\r\n ", b"\r\n\t", b" \r\n ", b"\n ", b"\r\n \r\n "]
+VALUES: dict[bytes, list[bytes]] = {
+    b"v": [b"1", b"2", b""],
+    b"a": [b"rsa-sha256", b"RSA-SHA256", b"ed25519-sha256", b"rsa-sha1"],
+    b"c": [b"relaxed/relaxed", b"relaxed", b"Relaxed/relaxed"],
+    b"d": [
+        ATTACKER.encode(),
+        b"Attacker.EXAMPLE",
+        VICTIM.encode(),
+        b"attacker.example victim.example",
+        b"victim.example\r\n attacker.example",
+        b"attacker.example.",
+        b"",
+    ],
+    b"s": [b"s1", b"S1", b"s2", b"s1 s1", b""],
+    b"h": [b"from:to:subject", b"from", b"From : To", b"to:subject", b"from:\r\n to"],
+    b"bh": [b"BH", b"BH;", b"AAAA"],
+    b"i": [
+        b"@attacker.example",
+        b"x@sub.attacker.example",
+        b"@victim.example",
+        b"attacker.example",
+    ],
+    b"l": [b"0", b"1000", b""],
+    b"q": [b"dns/txt"],
+    b"t": [b"1700000000"],
+    b"x": [b"4000000000", b"1000000000"],
+    b"z": [b"From:x b=AAAA", b"foo\r\n b=x", b"a=b"],
+}
+REQUIRED = (b"v", b"a", b"c", b"d", b"s", b"h", b"bh")
+
+
+@st.composite
+def tag_specs(draw: st.DrawFn) -> list[bytes]:
+    """Tag specs (no ";"): a usable signature's, in any order and folding, then up to four edits.
+
+    An edit puts an odd byte before, after or inside a tag name (the class of the finding),
+    gives a tag another listed or arbitrary value, adds a tag (a duplicate, an odd name, a
+    second ``d``), or drops one.
+    """
+    tags = [[name, VALUES[name][0]] for name in draw(st.permutations(REQUIRED))]
+    for _ in range(draw(st.integers(0, 4))):
+        index = draw(st.integers(0, len(tags) - 1))
+        name, value = tags[index]
+        edit = draw(st.integers(0, 5))
+        if edit == 0:
+            odd = draw(st.sampled_from(AROUND))
+            cut = draw(st.integers(0, len(name)))
+            tags[index][0] = draw(st.sampled_from([name + odd, odd + name, name[:cut] + odd]))
+        elif edit == 1:
+            tags[index][1] = draw(st.sampled_from(VALUES.get(name, [value])))
+        elif edit == 2:
+            tags[index][1] = draw(st.binary(max_size=6)) + draw(st.sampled_from([b"", *AROUND]))
+        elif edit == 3:
+            extra = draw(st.sampled_from([*VALUES, b"D", b"dd", b"x1", b"_d"]))
+            if draw(st.booleans()):
+                extra += draw(st.sampled_from(AROUND))
+            choices = VALUES.get(extra, [VICTIM.encode(), ATTACKER.encode(), b"x"])
+            tags.insert(draw(st.integers(0, len(tags))), [extra, draw(st.sampled_from(choices))])
+        elif edit == 4 and len(tags) > 1:
+            del tags[index]
+        else:
+            tags.insert(index, [b"d" + draw(st.sampled_from(AROUND)), VICTIM.encode()])
+    specs = []
+    for name, value in tags:
+        spaces = [draw(st.sampled_from(SPACES)) for _ in range(4)]
+        specs.append(spaces[0] + name + spaces[1] + b"=" + spaces[2] + value + spaces[3])
+    return specs
+
+
+def _field_template(specs: list[bytes], b_name: bytes) -> bytes:
+    """The value after the colon: the specs, then ``b_name=`` where the signature goes."""
+    template = b" " + b";".join([*specs, b" " + b_name + b"="])
+    # A line break must stay inside the field (folding), or the message would have another shape.
+    return re.sub(rb"\r?\n(?![ \t])", b"\r\n ", template.replace(b"\r\n", b"\n")).replace(
+        b"\r\r", b"\r"
+    )
+
+
+def _dkimpy_view(signed: bytes) -> bytes:
+    """The DKIM-Signature value as dkimpy itself reads the message (``rfc822_parse``)."""
+    headers, _body = dkim.rfc822_parse(signed)
+    (value,) = [v for n, v in headers if n.lower() == b"dkim-signature"]
+    return bytes(value)
+
+
+def test_reported_tags_are_the_ones_dkimpy_verified(
+    dns_server: DnsServer, resolver: Resolver
+) -> None:
+    """For arbitrary tag lists signed with the attacker's real key: the d=, s=, a= and header.b we
+    report are always dkimpy's parse of the field, and a pass is a pass for dkimpy too."""
+    attacker = _attacker()
+    victim = Signer(VICTIM, "s1", key_index=1)  # the victim's own key: the attacker lacks it
+    attacker.publish(dns_server)
+    victim.publish(dns_server)
+    keys = {attacker.name + ".": attacker.record(), victim.name + ".": victim.record()}
+    seen: dict[str, int] = {}
+
+    def dnsfunc(name: bytes, timeout: float = 5.0) -> bytes | None:
+        record = keys.get(name.decode("ascii", "replace").lower())
+        return record.encode() if record is not None else None
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        specs=tag_specs(),
+        b_name=st.sampled_from([b"b"] * 6 + [b"b\xc2\xa0", b"B", b"b ", b"\x1fb"]),
+        linesep=st.sampled_from([b"\r\n", b"\n"]),
+    )
+    def check(specs: list[bytes], b_name: bytes, linesep: bytes) -> None:
+        message = sample_message(
+            from_addr=f"ceo@{VICTIM}", to_addr="bob@rcpt.example", linesep=linesep
+        )
+        template = _field_template(specs, b_name)
+        signed = forge(message, template, attacker.key.private, linesep=linesep) + message
+        (result,) = _check(resolver, signed)
+        seen[result.result.value] = seen.get(result.result.value, 0) + 1
+        try:
+            truth: dict[bytes, bytes] | None = dkim.util.parse_tag_value(_dkimpy_view(signed))
+        except dkim.util.InvalidTagValueList:
+            truth = None
+        reported = (result.domain, result.selector, result.algorithm, result.b_prefix)
+        if truth is None:
+            assert reported == (None,) * 4, result
+            assert result.result is Result.PERMERROR, result
+            return
+        if result.domain is not None:
+            assert result.domain == truth[b"d"].decode("ascii").lower(), (result, truth)
+        if result.selector is not None:
+            assert result.selector == truth[b"s"].decode("ascii"), (result, truth)
+        if result.algorithm is not None:
+            assert result.algorithm == truth[b"a"].decode("ascii"), (result, truth)
+        if result.b_prefix is not None:
+            assert re.sub(rb"\s+", b"", truth[b"b"]).decode().startswith(result.b_prefix)
+        if result.result is Result.PASS:
+            assert result.domain == ATTACKER, (result, truth)
+            verifier = dkim.DKIM(signed, minkey=1024)
+            assert verifier.verify(dnsfunc=dnsfunc), (result, truth)
+            assert (verifier.domain, verifier.selector) == (truth[b"d"], truth[b"s"])
+            assert (result.selector, result.algorithm) == ("s1", "rsa-sha256")
+
+    check()
+    # The generator reaches every side of the property: signatures that verify and ones that
+    # do not, fields outside the grammar among them.
+    assert seen.get("pass", 0) >= 10, seen
+    assert seen.get("permerror", 0) >= 10, seen
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(
+        tag_specs().map(lambda specs: b";".join(specs)),
+        st.binary(max_size=40),
+        st.lists(st.sampled_from([b"d", b"=", b";", b" ", b"\r\n ", b"x", *AROUND])).map(b"".join),
+    )
+)
+def test_our_parse_is_dkimpys_whenever_it_accepts(value: bytes) -> None:
+    """parse_tag_list accepts a tag list only when dkimpy's parse gives the very same dict."""
+    try:
+        ours = parse_tag_list(value)
+    except TagListError:
+        return
+    assert dkim.util.parse_tag_value(value) == ours
