@@ -204,7 +204,6 @@ def check_dkim(
     # RFC 6376 §3.2, once per field and before dkimpy sees it: a field outside the grammar is
     # permerror, and nothing it claims is reported.
     read = [_read_tags(_dkimpy_header(message.data, field)[1]) for field in fields]
-    verdicts: list[_Verdict] = []
     if message.size > config.max_message_size:
         # Checked before dkimpy is imported: memory and time stay bounded for huge messages.
         reason = f"message larger than {config.max_message_size} bytes; DKIM not verified"
