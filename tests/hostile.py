@@ -53,11 +53,18 @@ EXIT_CODES = {DELIVER: 0, QUARANTINE: 0, BOUNCE: 69, DEFER: 75}
 MEGABYTE = 1024 * 1024
 
 
+class SigningKey(Protocol):
+    """What the generator needs from ``signing.Key``: the PEM private key (RSA)."""
+
+    private: bytes
+
+
 class Signing(Protocol):
     """What the generator needs from ``signing.Signer``."""
 
     domain: str
     selector: str
+    key: SigningKey
 
     def signature(self, message: bytes, **options: object) -> bytes: ...
 
@@ -184,6 +191,7 @@ def messages(signer_for: Callable[[str], Signing] | None = None) -> list[Hostile
     cases += list(_issue12_admin_messages())
     if signer_for is not None:
         cases += list(_dkim_signed(signer_for))
+        cases += list(_dkim_tag_lists(signer_for))
     names = [case.name for case in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     return cases
@@ -607,6 +615,44 @@ def _dkim_signed(signer_for: Callable[[str], Signing]) -> Iterator[HostileMessag
         dkim=("neutral",),
         selectors=("h0",),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 item 1: DKIM tag lists that two parsers could read two ways.
+
+# Bytes between a tag name and "=" that dkimpy keeps (the tag is unknown to it) and a lenient
+# reader strips (the tag becomes d=): non-ASCII spaces in UTF-8, C1 and C0 controls.
+ODD_TAG_BYTES = {
+    "nbsp": b"\xc2\xa0",
+    "nel": b"\xc2\x85",
+    "c0-us": b"\x1f",
+    "ideographic-space": b"\xe3\x80\x80",
+}
+
+
+def _dkim_tag_lists(signer_for: Callable[[str], Signing]) -> Iterator[HostileMessage]:
+    from dkimforge import forge  # signs a hand-written tag list as dkimpy verifies it
+
+    signer = signer_for("h0")
+    spoof = message(sender=b"ceo@reject.example")
+    for label, odd in ODD_TAG_BYTES.items():
+        for order in ("before", "after"):
+            fake = b"d" + odd + b"=reject.example; "
+            real = b"d=" + signer.domain.encode() + b"; s=" + signer.selector.encode() + b"; "
+            tags = b" v=1; a=rsa-sha256; c=relaxed/relaxed; "
+            tags += fake + real if order == "before" else real + fake
+            tags += b"h=from:to:subject; bh=BH; b="
+            yield HostileMessage(
+                f"dkim-odd-tag-name-{label}-{order}",
+                forge(spoof, tags, signer.key.private, linesep=b"\n") + spoof,
+                BOUNCE,
+                f"a signature by sender.example, valid for dkimpy, with a tag d<{label}>="
+                f"reject.example {order} its d=, From the p=reject domain: outside RFC 6376 §3.2's"
+                " grammar, permerror; no dkim or dmarc pass for reject.example",
+                dmarc="fail",
+                dkim=("permerror",),
+                selectors=("h0",),
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,9 +9,16 @@ revoked key, a garbled tag list) into ``False``. A DNS timeout must be ``temperr
 signature ``permerror``, never ``fail``, so the steps of RFC 6376 §6.1 are driven here and each
 outcome is classified where it happens:
 
-1. §6.1.1, the signature field: dkimpy's ``parse_tag_value`` (duplicate tags are an error, §3.2)
-   and ``validate_signature_fields``, after our own checks of the few things dkimpy gets wrong or
-   handles in quadratic time → ``permerror``. ``rsa-sha1`` → ``permerror`` before any lookup
+1. §6.1.1, the signature field. Its tag list is read once, strictly by §3.2's grammar
+   (:func:`parse_tag_list`), before dkimpy sees it: a field outside the grammar → ``permerror``,
+   and nothing it claims (``d=``, ``s=``, ``a=``, ``b=``) is reported. dkimpy's own
+   ``parse_tag_value`` is lenient where it matters (a tag named ``d`` plus a non-ASCII space is
+   an unknown tag to it, and was ``d`` to a second lenient reader); on what the grammar accepts
+   it gives the same dict, and that dict, the one dkimpy verifies with, is the only source of
+   what DMARC, reverse-path alignment and the A-R use. Then dkimpy's
+   ``validate_signature_fields``, after our own checks of the few things dkimpy gets wrong or
+   handles in quadratic time (and that the field dkimpy hashes is this one with only ``b=``
+   emptied) → ``permerror``. ``rsa-sha1`` → ``permerror`` before any lookup
    (RFC 8301 §3.1). An expired signature (``x=``, §3.5) → ``permerror``: §6.1.1 lets a verifier
    return PERMFAIL (signature expired) without testing the signature, and nothing was tested.
 2. §6.1.2, the key: looked up through :class:`~scatterguard.resolver.Resolver` (the same seam
@@ -102,10 +109,33 @@ HASHES: dict[bytes, Callable[[], Any]] = {
 CANONICALISATIONS = (b"simple", b"relaxed")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 6376 §3.2, the tag list as the field arrives: line ends are CRLF (bare LFs were made CRLF
+# as dkimpy makes them), and a line break is folding only when white space follows it (FWS, with
+# RFC 5322 §4.2 obs-FWS: any run of WSP and folds). VALCHAR excludes ";" and white space, so the
+# tag specs are exactly the pieces between semicolons. WSP and VALCHAR are disjoint, so a spec
+# has one parse and a failed match backtracks in linear time. (No possessive quantifiers: Python
+# 3.11.2, Debian 12's, gets some of them wrong.)
+_FWS = rb"(?:[ \t]|\r\n[ \t])*"
+_TAG_SPEC = re.compile(
+    _FWS
+    + rb"([A-Za-z][A-Za-z0-9_]*)"  # tag-name = ALPHA *ALNUMPUNC
+    + _FWS
+    + rb"="
+    + _FWS
+    # tag-value = [ tval *( 1*(WSP / FWS) tval ) ], tval = 1*VALCHAR, VALCHAR = %x21-3A / %x3C-7E
+    + rb"((?:[\x21-\x3a\x3c-\x7e]+(?:(?:[ \t]|\r\n[ \t])+[\x21-\x3a\x3c-\x7e]+)*)?)"
+    + _FWS
+)
+_FWS_ONLY = re.compile(_FWS)
+# RFC 6376 §3.5: d= is a domain-name, s= a selector (dot-separated sub-domains); underscores are
+# allowed, as in DNS names generally. Anything else is not a name DMARC could align or DNS hold.
+_LABEL = rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_DNS_NAME = re.compile(rb"(?=.{1,253}\Z)" + _LABEL + rb"(?:\." + _LABEL + rb")*\Z")
 # dkimpy's messages quote data as "(b'...')" or "b'...'".
 _ECHO = re.compile(r"\s*\(b'[^']*'\)")
 _BYTES_REPR = re.compile(r"b'([^']*)'")
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]*")
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]*")
+_TOKEN = re.compile(rb"[\x21-\x3a\x3c-\x7e]+")
 _SPACE_RUN = re.compile(rb"[ \t\r\n]{%d}" % (MAX_SPACE_RUN + 1))
 _WHITESPACE = re.compile(rb"[ \t\r\n]+")
 # A b= or bh= value once white space is removed (RFC 6376 §3.5 base64string).
@@ -131,16 +161,32 @@ class _Outcome(Exception):
         self.result = result
         self.reason = reason
         self.covers_body = covers_body
+        # The tags dkimpy's parse gave, once it has run and agreed with ours: what is reported.
+        self.tags: dict[bytes, bytes] | None = None
+
+
+class TagListError(ValueError):
+    """A tag list outside RFC 6376 §3.2's grammar; the text says where, without quoting data."""
 
 
 @dataclass(frozen=True)
 class _Described:
-    """What a signature field claims, read leniently for reporting, whatever its syntax."""
+    """What a signature field says, for the report: from the one parse of its tag list."""
 
     domain: str | None
     selector: str | None
     algorithm: str | None
     b: str
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The outcome of one signature and the tags it was reached with (None: none to trust)."""
+
+    result: Result
+    reason: str
+    covers_body: bool
+    tags: dict[bytes, bytes] | None
 
 
 def check_dkim(
@@ -155,49 +201,120 @@ def check_dkim(
     fields = [h for h in message.headers if h.name.lower() == FIELD_NAME]
     if not fields:
         return ()
-    described = [_describe(message, field) for field in fields]
-    prefixes = _b_prefixes([d.b for d in described])
-
-    def result(index: int, outcome: Result, reason: str, covers_body: bool = True) -> DkimResult:
-        about = described[index]
-        return DkimResult(
-            result=outcome,
-            domain=about.domain,
-            selector=about.selector,
-            algorithm=about.algorithm,
-            reason=_clean(reason),
-            covers_body=covers_body,
-            b_prefix=prefixes[index],
-        )
-
+    # RFC 6376 §3.2, once per field and before dkimpy sees it: a field outside the grammar is
+    # permerror, and nothing it claims is reported.
+    read = [_read_tags(_dkimpy_header(message.data, field)[1]) for field in fields]
     if message.size > config.max_message_size:
         # Checked before dkimpy is imported: memory and time stay bounded for huge messages.
         reason = f"message larger than {config.max_message_size} bytes; DKIM not verified"
-        return tuple(result(i, Result.NEUTRAL, reason) for i in range(len(fields)))
+        verdicts = [_unverified(tags, Result.NEUTRAL, reason) for tags in read]
+    else:
+        verdicts = _verify_all(resolver, message, config, timeout, fields, read)
+    described = [_describe(verdict.tags) for verdict in verdicts]
+    prefixes = _b_prefixes([d.b for d in described])
+    return tuple(
+        DkimResult(
+            result=verdict.result,
+            domain=about.domain,
+            selector=about.selector,
+            algorithm=about.algorithm,
+            reason=_clean(verdict.reason),
+            covers_body=verdict.covers_body,
+            b_prefix=prefix,
+        )
+        for verdict, about, prefix in zip(verdicts, described, prefixes, strict=True)
+    )
 
+
+def _verify_all(
+    resolver: Resolver,
+    message: Message,
+    config: DkimConfig,
+    timeout: float,
+    fields: Sequence[Header],
+    read: Sequence[dict[bytes, bytes] | str],
+) -> list[_Verdict]:
+    """Verify the first ``max_signatures`` fields; the rest are ``neutral``."""
     limit = max(config.max_signatures, 0)
     verified = min(limit, len(fields))
-    outcomes: list[DkimResult] = []
+    verdicts: list[_Verdict] = []
     verifier: _Verifier | None = None
-    for index, field in enumerate(fields):
+    for index, (field, tags) in enumerate(zip(fields, read, strict=True)):
         if index >= limit:
             reason = f"only the first {limit} DKIM signatures are verified"
-            outcomes.append(result(index, Result.NEUTRAL, reason))
+            verdicts.append(_unverified(tags, Result.NEUTRAL, reason))
+            continue
+        if isinstance(tags, str):
+            verdicts.append(_unverified(tags, Result.PERMERROR, tags))
             continue
         try:
             if verifier is None:
                 verifier = _Verifier(resolver, message, budget=timeout * verified)
-            covers_body, reason = verifier.verify(field)
-            outcomes.append(result(index, Result.PASS, reason, covers_body))
+            covers_body, reason, used = verifier.verify(field, tags)
+            verdicts.append(_Verdict(Result.PASS, reason, covers_body, used))
         except _Outcome as outcome:
-            outcomes.append(result(index, outcome.result, outcome.reason, outcome.covers_body))
+            verdicts.append(
+                _Verdict(outcome.result, outcome.reason, outcome.covers_body, outcome.tags)
+            )
         # Anything else is a bug, ours or dkimpy's, or a library that is missing. It must make
         # the MTA retry later (temperror leads to a defer), not fail or bounce good mail; and
         # one signature's trouble must not stop the others from being verified.
         except Exception as exc:  # noqa: BLE001
             reason = f"unexpected error while verifying: {type(exc).__name__}: {exc}"
-            outcomes.append(result(index, Result.TEMPERROR, reason))
-    return tuple(outcomes)
+            verdicts.append(_unverified(tags, Result.TEMPERROR, reason))
+    return verdicts
+
+
+def _unverified(tags: dict[bytes, bytes] | str, result: Result, reason: str) -> _Verdict:
+    """A signature dkimpy did not get to: reported from our parse, which is dkimpy's when it
+    accepts (the property test in ``test_dkim_taglist`` shows it), or with nothing to report."""
+    return _Verdict(result, reason, True, tags if isinstance(tags, dict) else None)
+
+
+def _read_tags(value: bytes) -> dict[bytes, bytes] | str:
+    """The tags of one signature field, or why it has none we can use (a permerror reason)."""
+    if len(value) > MAX_FIELD:
+        return f"signature field longer than {MAX_FIELD} octets"
+    if _SPACE_RUN.search(value):
+        return f"signature field has a run of more than {MAX_SPACE_RUN} spaces"
+    try:
+        return parse_tag_list(value)
+    except TagListError as exc:
+        # RFC 6376 §3.2: a tag list outside the grammar is invalid as a whole.
+        text = str(exc)
+        return text if text.startswith("duplicated") else f"malformed tag list in signature: {text}"
+
+
+def parse_tag_list(value: bytes) -> dict[bytes, bytes]:
+    """The tags of an RFC 6376 §3.2 tag list, read strictly by its grammar.
+
+    ``value`` is a field value as dkimpy holds it: what follows the colon, with CRLF line ends,
+    the field's own final CRLF included or not. :class:`TagListError` when it is not a
+    ``tag-list``: a tag name that is not ``ALPHA *ALNUMPUNC`` (a non-ASCII space, a control, a
+    character other than white space between name and ``=``), a value with a character outside
+    VALCHAR or FWS, a line break that is not folding, an empty tag spec, a tag given twice.
+
+    Whenever this accepts, dkimpy's ``parse_tag_value`` returns the same dict: both split at
+    ``;`` (which no tag-value holds), and dkimpy's ``strip()`` removes exactly the FWS around
+    names and values that this grammar allows there. Where dkimpy would accept more (an unknown
+    tag named ``d\xa0``, ``d\x0b`` read as ``d``), this refuses, so no two readings meet.
+    """
+    text = value[:-2] if value.endswith(b"\r\n") else value
+    specs = text.split(b";")
+    if len(specs) > 1 and _FWS_ONLY.fullmatch(specs[-1]):
+        # tag-list = tag-spec *( ";" tag-spec ) [ ";" ]; white space after the final ";" is
+        # the field's trailing white space (dkimpy strips it too).
+        specs.pop()
+    tags: dict[bytes, bytes] = {}
+    for position, spec in enumerate(specs, 1):
+        match = _TAG_SPEC.fullmatch(spec)
+        if match is None:
+            raise TagListError(f"tag spec {position} is not tag-name=tag-value (RFC 6376 §3.2)")
+        name, tag_value = match.groups()
+        if name in tags:
+            raise TagListError(f"duplicated tag {name.decode('ascii')}= in signature")
+        tags[name] = tag_value
+    return tags
 
 
 class _Verifier:
@@ -230,10 +347,25 @@ class _Verifier:
 
     # --- RFC 6376 §6.1.1: the signature field -------------------------------------------------
 
-    def verify(self, field: Header) -> tuple[bool, str]:
-        """Verify one signature: ``(covers_body, reason)`` on pass, :class:`_Outcome` otherwise."""
+    def verify(
+        self, field: Header, ours: dict[bytes, bytes]
+    ) -> tuple[bool, str, dict[bytes, bytes]]:
+        """Verify one signature whose tags we read as ``ours``.
+
+        ``(covers_body, reason, tags)`` on pass, :class:`_Outcome` otherwise; ``tags`` (and
+        ``_Outcome.tags``) is dkimpy's parse of the field, the very dict it verified with.
+        """
         name, value = self.views[self.positions[id(field)]]
-        sig = self._signature_tags(value)
+        sig = self._dkimpy_tags(value, ours)
+        try:
+            covers_body, reason = self._verify(name, value, sig)
+        except _Outcome as outcome:
+            outcome.tags = sig
+            raise
+        return covers_body, reason, sig
+
+    def _verify(self, name: bytes, value: bytes, sig: dict[bytes, bytes]) -> tuple[bool, str]:
+        self._check_tags(value, sig)
         algorithm = sig[b"a"]
         if algorithm == b"rsa-sha1":
             raise _Outcome(Result.PERMERROR, "rsa-sha1 signatures are not accepted (RFC 8301 §3.1)")
@@ -274,23 +406,22 @@ class _Verifier:
             notes.append(f"l={length} leaves part of the {len(body)}-octet body unsigned")
         return covers_body, "; ".join(["signature verified", *notes])
 
-    def _signature_tags(self, value: bytes) -> dict[bytes, bytes]:
-        if len(value) > MAX_FIELD:
-            raise _Outcome(Result.PERMERROR, f"signature field longer than {MAX_FIELD} octets")
-        if _SPACE_RUN.search(value):
-            raise _Outcome(
-                Result.PERMERROR, f"signature field has a run of more than {MAX_SPACE_RUN} spaces"
-            )
+    def _dkimpy_tags(self, value: bytes, ours: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """dkimpy's parse of the field, which verification, DMARC and the report all use.
+
+        Ours has accepted the field already (RFC 6376 §3.2); should dkimpy ever read it another
+        way, no reading is trusted.
+        """
         try:
             sig = self.parse_tag_value(value)
         except self.invalid_tags as exc:
-            # RFC 6376 §3.2: a tag list with a duplicated tag, or a tag spec without "=", is
-            # invalid as a whole.
-            if type(exc).__name__ == "DuplicateTag":
-                reason = f"duplicated tag {_text(exc)}= in signature"
-            else:
-                reason = "malformed tag list in signature"
-            raise _Outcome(Result.PERMERROR, reason) from exc
+            raise _Outcome(Result.PERMERROR, "tag list unparsable by dkimpy") from exc
+        if sig != ours:
+            raise _Outcome(Result.PERMERROR, "tag list read two ways (ours and dkimpy's)")
+        return sig
+
+    def _check_tags(self, value: bytes, sig: dict[bytes, bytes]) -> None:
+        """RFC 6376 §6.1.1 on the tags; :class:`_Outcome` (permerror) for a signature not to use."""
         missing = [tag.decode() for tag in REQUIRED_TAGS if tag not in sig]
         if missing:
             raise _Outcome(Result.PERMERROR, f"required tag missing: {'= '.join(missing)}=")
@@ -314,8 +445,21 @@ class _Verifier:
             # RFC 6376 §5.4: the From field MUST be signed; §6.1.1: PERMFAIL (From not signed).
             raise _Outcome(Result.PERMERROR, "h= does not include From")
         domain = sig[b"d"].lower()
-        if not domain.isascii() or not sig[b"s"].isascii():
+        if not _DNS_NAME.match(sig[b"d"]) or not _DNS_NAME.match(sig[b"s"]):
+            # §3.5: d= is a domain-name and s= a selector. Folded white space inside them would
+            # be one name to the key lookup and another to DMARC.
             raise _Outcome(Result.PERMERROR, "d= or s= is not an ASCII domain name")
+        # dkimpy hashes the field with every match of its RE_BTAG emptied, not the b= tag's
+        # value alone (RFC 6376 §3.7): a " b=" inside another tag's value is taken out of the
+        # hash too, and a b= right after the colon is left in. The field it hashes must be this
+        # tag list with exactly b= emptied.
+        hashed = self.dkim.RE_BTAG.sub(rb"\1", value)
+        try:
+            emptied = parse_tag_list(hashed)
+        except TagListError:
+            emptied = {}
+        if emptied != {**sig, b"b": b""}:
+            raise _Outcome(Result.PERMERROR, "b= is not where dkimpy empties it for hashing")
         if b"i" in sig:
             # RFC 6376 §3.5 i=: its domain is d= or a subdomain of it.
             local, at, i_domain = sig[b"i"].rpartition(b"@")
@@ -331,7 +475,6 @@ class _Verifier:
                 # RFC 6376 §3.5 x= and §6.1.1: PERMFAIL (signature expired).
                 raise _Outcome(Result.PERMERROR, "signature expired (x= is past)") from exc
             raise _Outcome(Result.PERMERROR, f"invalid signature: {text}") from exc
-        return sig
 
     # --- RFC 6376 §6.1.2: the key ---------------------------------------------------------------
 
@@ -533,30 +676,30 @@ def _dkimpy_header(data: Buffer, header: Header) -> list[bytes]:
     return [header.name.encode("latin-1"), value]
 
 
-def _describe(message: Message, header: Header) -> _Described:
-    """d=, s=, a= and b= as written, for the report; the first occurrence of a tag wins."""
-    raw = header.raw(message.data)
-    text = raw[raw.index(b":") + 1 :].decode("utf-8", "replace")
-    tags: dict[str, str] = {}
-    for spec in text.split(";"):
-        tag, equals, value = spec.partition("=")
-        tag = tag.strip()
-        if equals and tag not in tags:
-            tags[tag] = re.sub(r"\s+", "", value)
+def _describe(tags: dict[bytes, bytes] | None) -> _Described:
+    """d=, s=, a= and b= for the report, from the tags the signature was verified with.
 
-    def reported(tag: str) -> str | None:
+    A value that is not one token (white space, over :data:`MAX_REPORTED` octets, empty) is not
+    reported; ``None`` tags (a field outside the grammar) report nothing, header.b included.
+    """
+    if tags is None:
+        return _Described(domain=None, selector=None, algorithm=None, b="")
+
+    def reported(tag: bytes) -> str | None:
         value = tags.get(tag)
-        if not value or len(value) > MAX_REPORTED or _CONTROL.search(value):
+        if not value or len(value) > MAX_REPORTED or not _TOKEN.fullmatch(value):
             return None
-        return value
+        return value.decode("ascii")
 
-    domain, algorithm = reported("d"), reported("a")
-    b_run = _BASE64_RUN.match(tags.get("b", ""))
+    domain = reported(b"d")
+    # b= as dkimpy decodes it: its folding white space removed.
+    b_run = _BASE64_RUN.match(_WHITESPACE.sub(b"", tags.get(b"b", b"")))
     return _Described(
+        # Lower case: the key is looked up, and DMARC aligns, case-insensitively (RFC 4343).
         domain=domain.lower() if domain else None,
-        selector=reported("s"),
-        algorithm=algorithm.lower() if algorithm else None,
-        b=b_run.group() if b_run else "",
+        selector=reported(b"s"),
+        algorithm=reported(b"a"),
+        b=b_run.group().decode("ascii") if b_run else "",
     )
 
 

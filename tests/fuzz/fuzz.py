@@ -35,7 +35,16 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
 TOKENS = HERE / "tokens.dict"
-TARGET_NAMES = ("message", "bsmtp", "dmarc_record", "from_domains", "authresults", "reverse_path")
+TARGET_NAMES = (
+    "message",
+    "bsmtp",
+    "dmarc_record",
+    "from_domains",
+    "authresults",
+    "reverse_path",
+    "reinject_command",
+    "dkim_tag_list",
+)
 MAX_LEN = {"authresults": 2048}
 DEFAULT_MAX_LEN = 8192
 PER_INPUT_TIMEOUT = 10
@@ -259,6 +268,18 @@ def _merge(name: str, scratch: Path) -> None:
 # Seeds.
 
 
+# Issue 12 item 1: tag lists where a tag name is followed by what dkimpy does not strip.
+DKIM_TAG_LISTS = [
+    b" v=1; a=rsa-sha256; c=relaxed/relaxed; d=sender.example; s=s1;\r\n\th=from:to;"
+    b" bh=AAAA; b=AAAA",
+    b" v=1; d\xc2\xa0=reject.example; d=sender.example; s=s1; a=rsa-sha256; b=AAAA; bh=AAAA",
+    b" d=sender.example; d\xc2\x85=reject.example; s\x1f=x; a\xe3\x80\x80=rsa-sha1; b=AAAA",
+    b" d\x0b=reject.example; d=sender.example; z=From:x b=AAAA; b=AAAA;",
+    b"b=AAAA; d = sender.example ;\r\n s = s1 ; h = from : to ;",
+    b" d=victim.example\r\n attacker.example; s=s1 s1; i=@victim.example; b=\r\n AA AA",
+]
+
+
 def seeds() -> dict[str, list[bytes]]:
     """Hand-made starting inputs per target: small hostile messages, batches and records."""
     sys.path[:0] = [str(HERE.parent)]
@@ -295,6 +316,7 @@ def seeds() -> dict[str, list[bytes]]:
         "dmarc_record": records,
         "bsmtp": batches,
         "authresults": [bytes(range(256)), b"\x01" * 64, b"\x00" * 8, b"example.org" * 20],
+        "dkim_tag_list": DKIM_TAG_LISTS,
     }
 
 

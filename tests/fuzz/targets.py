@@ -22,6 +22,11 @@ Targets:
   was not a valid domain, selector or algorithm).
 - ``reinject_command``: ``reinject.command`` validation (issue 12, item 11): an accepted command
   passes the reverse-path and every recipient intact.
+
+- ``dkim_tag_list`` (issue 12 item 1): :func:`scatterguard.dkimcheck.parse_tag_list` against
+  dkimpy's ``parse_tag_value`` (ours accepts only what dkimpy reads as the same dict), and
+  :func:`~scatterguard.dkimcheck.check_dkim` on the bytes as a DKIM-Signature field: every
+  ``d=``, ``s=``, ``a=`` and header.b it reports is dkimpy's parse of the field it was handed.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from scatterguard import authresults, dmarc, dmarcrecord, envelope, intake, spfcheck
+from scatterguard import authresults, dkimcheck, dmarc, dmarcrecord, envelope, intake, spfcheck
+from scatterguard.config import DkimConfig
 from scatterguard.errors import InputError, UsageError
 from scatterguard.message import MAX_HEADER_FIELDS, Message
+from scatterguard.resolver import Answer, Resolver, Status
 from scatterguard.results import (
     AuthReport,
     DkimResult,
@@ -301,6 +308,54 @@ def reverse_path(data: bytes) -> None:
         assert sender.text.rstrip(".").lower().endswith(sender.domain) or not sender.text.isascii()
 
 
+# dkim_tag_list (issue 12 item 1)
+
+
+class _NoKeys(Resolver):
+    """Every lookup is NXDOMAIN, with no network: no signature can pass, all are described."""
+
+    def __init__(self) -> None:
+        super().__init__([("127.0.0.1", 9)], timeout=0.1)
+
+    def query(self, name: str, rdtype: str) -> Answer:
+        del name, rdtype
+        return Answer(Status.NXDOMAIN)
+
+
+def dkim_tag_list(data: bytes) -> None:
+    """Ours accepts only what dkimpy reads the same; what check_dkim reports is dkimpy's parse."""
+    import dkim.util  # the parser dkimpy verifies with
+
+    try:
+        ours: dict[bytes, bytes] | None = dkimcheck.parse_tag_list(data)
+    except dkimcheck.TagListError:
+        ours = None
+    if ours is not None:
+        assert dkim.util.parse_tag_value(data) == ours, (data, ours)
+    message = Message(b"DKIM-Signature:" + data + b"\r\nFrom: a@sender.example\r\n\r\nbody\r\n")
+    results = dkimcheck.check_dkim(_NoKeys(), message, DkimConfig(), timeout=0.1)
+    fields = [h for h in message.headers if h.name.lower() == dkimcheck.FIELD_NAME]
+    assert len(results) == len(fields)
+    for field, result in zip(fields, results, strict=True):
+        assert result.result is not Result.PASS
+        # The value exactly as it is handed to dkimpy for verification.
+        handed = dkimcheck._dkimpy_header(message.data, field)[1]
+        try:
+            truth: dict[bytes, bytes] | None = dkim.util.parse_tag_value(handed)
+        except dkim.util.InvalidTagValueList:
+            truth = None
+        reported = (result.domain, result.selector, result.algorithm, result.b_prefix)
+        if truth is None:
+            assert reported == (None, None, None, None), (handed, result)
+            continue
+        for value, tag in zip(reported[:3], (b"d", b"s", b"a"), strict=True):
+            if value is not None:
+                expected = truth[tag].decode("ascii")
+                assert value == (expected.lower() if tag == b"d" else expected), (handed, result)
+        if result.b_prefix is not None:
+            assert re.sub(rb"\s+", b"", truth[b"b"]).decode().startswith(result.b_prefix)
+
+
 TOKENS = Path(__file__).resolve().parent / "tokens.dict"
 
 
@@ -362,4 +417,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "authresults": authresults_render,
     "reverse_path": reverse_path,
     "reinject_command": reinject_command,
+    "dkim_tag_list": dkim_tag_list,
 }
