@@ -8,6 +8,7 @@ exit 75 with nothing acted on twice.
 
 from __future__ import annotations
 
+import array
 import copy
 import json
 import os
@@ -29,8 +30,10 @@ from pathlib import Path
 
 import pytest
 
+import hostile
 import scatterguard
 from dnsserver import DnsServer
+from hostile import HostileHandover
 from scatterguard import config as config_mod
 from scatterguard.errors import ConfigError
 from scatterguard.server import REFUSED_STATUS
@@ -655,3 +658,106 @@ def test_any_argv_handed_over_defers_and_the_worker_survives(
     assert server.process.poll() is None
     assert mta.run(envelope("alice@sender.example", "192.0.2.5"), message()).returncode == 0
     assert len(mta.sendmail.calls) == 1
+
+
+HANDOVERS = {case.name: case for case in hostile.handovers()}
+
+
+def _run_steps(path: str, case: HostileHandover) -> list[dict[str, object]]:
+    """Play the hostile client against the server at ``path``; the frames it got back."""
+    reader, writer = os.pipe()
+    os.write(writer, hostile.standard_message())
+    os.close(writer)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    got: list[dict[str, object]] = []
+    nonce = ""
+    try:
+        sock.connect(path)
+        sock.settimeout(10)
+        for step in case.steps:
+            ancillary = []
+            if step.fds:
+                fds = array.array("i", [reader] * step.fds)
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())]
+            if step.kind == "request":
+                document: dict[str, object] = {
+                    "v": 2,
+                    "argv": hostile.handover_argv(),
+                    "env": {},
+                    "deadline": time.monotonic() + step.seconds,
+                    "timeout": step.seconds,
+                }
+                document.update(dict(step.fields))
+                sock.sendmsg([hostile.handover_frame(document)], ancillary)
+            elif step.kind == "raw":
+                sock.sendmsg([step.data], ancillary)
+            elif step.kind == "read":
+                header = _recv_exact(sock, 4)
+                if not header:
+                    break
+                frame = json.loads(_recv_exact(sock, int.from_bytes(header, "big")))
+                got.append(frame)
+                nonce = str(frame.get("ready", nonce))
+            elif step.kind == "go":
+                sock.sendall(hostile.handover_frame({"go": step.data.decode() or nonce}))
+            elif step.kind == "sleep":
+                time.sleep(step.seconds)
+            elif step.kind == "close":
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
+        os.close(reader)
+    return got
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, id=name) for name in HANDOVERS])
+def test_hostile_handover(served: tuple[Filter, Server], name: str) -> None:
+    """Slow, silent, vanished, foreign and malformed hand-overs: never acted on (but the
+    genuine one), the worker lives on, and the next genuine client is served at once."""
+    mta, server = served
+    case = HANDOVERS[name]
+    if case.foreign and os.geteuid() != 0:
+        pytest.skip("needs root to connect as another user")
+    before = server.workers()
+    if case.foreign:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child plays the foreign client and exits
+            try:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                got = _run_steps(server.socket, case)
+                os._exit(0 if all(frame.get("code") == 75 for frame in got) else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    else:
+        got = _run_steps(server.socket, case)
+        answers = [frame for frame in got if "code" in frame]
+        assert len(answers) <= 1
+        if case.expect == hostile.NOTHING:
+            assert all(frame["code"] == 75 for frame in answers), answers
+        else:
+            assert answers == [{"code": 0, "status": None}]
+    started = time.monotonic()
+    follow = mta.run(envelope("alice@sender.example", "192.0.2.5", queue_id="4Next"), message())
+    assert follow.returncode == 0
+    assert time.monotonic() - started < 5.0
+    assert server.workers() == before
+    hostile_copies = [
+        call for call in mta.sendmail.calls if b"Message-ID: <1@sender" not in call.data
+    ]
+    assert len(mta.sendmail.calls) == (2 if case.expect == hostile.DELIVER else 1), hostile_copies
+    assert mta.entries() == []
