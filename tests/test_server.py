@@ -623,6 +623,23 @@ def test_config_accepts_a_closed_directory_under_a_sticky_one(tmp_path: Path) ->
         shutil.rmtree(directory)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a link of another user")
+def test_config_refuses_a_link_another_user_could_redirect(tmp_path: Path) -> None:
+    """A link in a sticky directory that leads somewhere safe, owned by someone else: refused."""
+    safe = tmp_path / "run"
+    safe.mkdir(mode=0o755)
+    link = Path(tempfile.mkdtemp(prefix="sg-link-")) / "link"
+    try:
+        link.parent.chmod(0o1777)
+        link.symlink_to(safe)
+        assert config_mod.parse({"server": {"socket": f"{link}/s.sock"}}).server.socket
+        os.lchown(link, NOBODY, NOBODY)
+        with pytest.raises(ConfigError, match=r"server\.socket.*symbolic link"):
+            config_mod.parse({"server": {"socket": f"{link}/s.sock"}})
+    finally:
+        shutil.rmtree(link.parent)
+
+
 @pytest.mark.parametrize(
     "argv",
     [

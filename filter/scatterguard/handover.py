@@ -172,7 +172,11 @@ def _unsafe_chain(directory: str, trusted: Collection[int]) -> str | None:
         except OSError as exc:
             return f"cannot check {name}: {exc.strerror}"
         if stat.S_ISLNK(info.st_mode):
-            # The link's own directory was checked; where it leads is checked by realpath.
+            # Its owner could point it elsewhere later (even in a sticky directory); where it
+            # leads now is checked through realpath.
+            if info.st_uid not in trusted:
+                return f"{name} is a symbolic link of uid {info.st_uid}, who could redirect it"
+            last = None
             continue
         if not stat.S_ISDIR(info.st_mode):
             return f"{name} is not a directory"
