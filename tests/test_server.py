@@ -348,6 +348,12 @@ NOBODY = 65534
 WRITER_LIMIT = 4.0
 
 
+def _started_workers(server: Server) -> list[int]:
+    """The worker pids once the master has forked them (it listens before it forks)."""
+    wait_until("the workers to start", lambda: bool(server.workers()))
+    return server.workers()
+
+
 def _frame(document: dict[str, object]) -> bytes:
     """One hand-over frame: a 4-byte length and a JSON object."""
     data = json.dumps(document, separators=(",", ":")).encode()
@@ -655,7 +661,7 @@ def test_any_argv_handed_over_defers_and_the_worker_survives(
 ) -> None:
     """``filter --help`` and other argv argparse exits on: one 75 answer, the same worker."""
     mta, server = served
-    before = server.workers()
+    before = _started_workers(server)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
     config = ["--config", str(mta.config)]
     done = subprocess.run(
@@ -747,7 +753,7 @@ def test_hostile_handover(served: tuple[Filter, Server], name: str) -> None:
     case = HANDOVERS[name]
     if case.foreign and os.geteuid() != 0:
         pytest.skip("needs root to connect as another user")
-    before = server.workers()
+    before = _started_workers(server)
     if case.foreign:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child plays the foreign client and exits
