@@ -463,6 +463,23 @@ def test_request_queued_past_its_deadline_is_never_acted_on(
     assert len(mta.sendmail.calls) + len(mta.entries()) == 2
 
 
+def test_request_of_a_killed_client_is_never_acted_on(served: tuple[Filter, Server]) -> None:
+    """A client killed while its request waits for a worker: the request is dropped unread."""
+    mta, _ = served
+    blocker = _busy_worker(mta, 3.0)
+    victim = mta.start(
+        envelope("ceo@reject.example", "203.0.113.9", queue_id="4Killed"),
+        message("ceo@reject.example"),
+    )
+    time.sleep(0.5)  # connected and sent: its request is in the queue
+    victim.kill()
+    victim.wait(timeout=10)
+    assert blocker.wait(timeout=30) == 0
+    time.sleep(1.5)
+    assert len(mta.sendmail.calls) == 1  # the blocker's
+    assert mta.entries() == []
+
+
 def test_large_message_whose_client_gives_up_is_never_truncated(
     served: tuple[Filter, Server], tmp_path: Path
 ) -> None:
