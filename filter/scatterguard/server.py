@@ -5,12 +5,14 @@ the checks themselves. The server imports everything once, forks a small pool of
 share the listening socket, and each worker keeps its DNS cache (honouring TTLs) across
 messages. A worker receives the filter client's stdin descriptor (SCM_RIGHTS), reads the message
 from it directly, runs exactly the same code as the in-process filter
-(:func:`scatterguard.pipeline.filter_stream`), acts, and only then answers with the exit code and
-status line, which the client relays to the MTA.
+(:func:`scatterguard.pipeline.filter_stream`), asks the client to confirm right before it acts
+(the client must still be alive and within its deadline, see :mod:`scatterguard.handover`),
+acts, and only then answers with the exit code and status line, which the client relays to the
+MTA.
 
 Only root, the server's own user and ``server.allowed_users`` may hand messages over (checked with
-SO_PEERCRED). The master process restarts workers that die; SIGTERM lets every worker finish the
-message it holds, then removes the socket.
+SO_PEERCRED right after accept, before anything is read). The master process restarts workers
+that die; SIGTERM lets every worker finish the message it holds, then removes the socket.
 """
 
 from __future__ import annotations
