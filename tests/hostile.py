@@ -821,7 +821,6 @@ def envelopes() -> list[HostileEnvelope]:
         ),
     ]
     cases += _issue12_reverse_paths()
-
     cases += _issue12_admin_envelopes()
     names = [case.name for case in cases]
     assert len(names) == len(set(names)), "duplicate case names"
@@ -905,3 +904,227 @@ def _issue12_admin_envelopes() -> list[HostileEnvelope]:
         )
         for option in ("--help", "-h", "--version")
     ]
+
+
+# Issue 12 item 2/3: hostile hand-overs to ``scatterguard serve`` — slow, silent, vanished and
+# foreign clients, and frames that break the wire format. Each is a script of steps a test runs
+# against the real server, holding a pipe with the standard message as the passed stdin. Only
+# the genuine exchange may be acted on; every other one must end with nothing re-injected,
+# nothing quarantined, the worker alive and the next genuine client served at once.
+
+NOTHING = "nothing"  # the server must not act on the hand-over
+
+
+@dataclass(frozen=True)
+class HandoverStep:
+    """One step of a hostile client.
+
+    ``kind`` is one of: ``request`` (a request frame built at run time with the standard
+    envelope, the deadline ``seconds`` from now, ``fields`` merged over the standard ones, with
+    ``fds`` descriptors of the message pipe attached), ``raw`` (``data`` as is, with ``fds``),
+    ``read`` (one frame from the server; a "ready" nonce is remembered), ``go`` (the remembered
+    nonce, or ``data`` as the nonce when given), ``sleep`` (``seconds``), ``close``.
+    """
+
+    kind: str
+    seconds: float = 0.0
+    data: bytes = b""
+    fds: int = 0
+    fields: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class HostileHandover:
+    """A hostile client of the server and what must become of its message."""
+
+    name: str
+    steps: tuple[HandoverStep, ...]
+    expect: str  # DELIVER (the genuine exchange only) or NOTHING
+    about: str
+    foreign: bool = False  # run as a user who may not hand over (nobody)
+
+
+def handover_frame(document: object) -> bytes:
+    """A hand-over frame: 4-byte big-endian length, then compact JSON."""
+    import json
+
+    data = json.dumps(document, separators=(",", ":")).encode()
+    return len(data).to_bytes(4, "big") + data
+
+
+def handover_argv() -> list[str]:
+    """The filter argv of a hand-over with the standard envelope."""
+    return ["filter", *envelope_args(queue_id="4Hostile")]
+
+
+def handovers() -> list[HostileHandover]:
+    """Every hostile hand-over, each to end in nothing acted on (but the genuine one)."""
+    request = HandoverStep("request", seconds=20.0, fds=1)
+    read = HandoverStep("read")
+    go = HandoverStep("go")
+
+    step = HandoverStep
+
+    never = "never acted on; the worker lives on"
+    cases = [
+        HostileHandover(
+            "genuine",
+            (request, read, go, read),
+            DELIVER,
+            "a well-behaved client (the control: the runner can make the server act)",
+        ),
+        HostileHandover(
+            "silent",
+            (step("sleep", seconds=3.0),),
+            NOTHING,
+            f"a client that connects and says nothing: dropped after 2 s, {never}",
+        ),
+        HostileHandover(
+            "slow-header",
+            (step("raw", data=b"\x00\x00"), step("sleep", seconds=3.0)),
+            NOTHING,
+            f"a client that sends half a frame header and stalls: {never}",
+        ),
+        HostileHandover(
+            "slow-dribble",
+            (
+                step("raw", data=b"\x00", fds=1),
+                step("sleep", seconds=1.0),
+                step("raw", data=b"\x00"),
+                step("sleep", seconds=1.0),
+                step("raw", data=b"\x00"),
+                step("sleep", seconds=1.5),
+            ),
+            NOTHING,
+            f"a request dribbled a byte a second, past the 2 s frame deadline: {never}",
+        ),
+        HostileHandover("vanished-at-once", (step("close"),), NOTHING, f"connect, close: {never}"),
+        HostileHandover(
+            "vanished-after-request",
+            (request, step("close")),
+            NOTHING,
+            f"a client gone right after sending its request: {never}",
+        ),
+        HostileHandover(
+            "vanished-after-ready",
+            (request, read, step("close")),
+            NOTHING,
+            f"a client gone when the server asks to act: {never}",
+        ),
+        HostileHandover(
+            "late-go",
+            (
+                HandoverStep("request", seconds=1.5, fds=1),
+                read,
+                step("sleep", seconds=2.0),
+                go,
+                read,
+            ),
+            NOTHING,
+            f'a client whose "go" comes after its own deadline: {never}',
+        ),
+        HostileHandover(
+            "wrong-nonce",
+            (request, read, step("go", data=b"0000000000000000"), read),
+            NOTHING,
+            f'a "go" that does not echo the server\'s nonce: {never}',
+        ),
+        HostileHandover(
+            "go-before-ready",
+            (request, step("raw", data=handover_frame({"go": "guess"})), read, read),
+            NOTHING,
+            f'a "go" sent before the server asked (a client that may be gone by then): {never}',
+        ),
+        HostileHandover(
+            "stale-deadline",
+            (HandoverStep("request", seconds=-1.0, fds=1), read),
+            NOTHING,
+            f"a request already past its deadline when read (it sat in the queue): {never}",
+        ),
+        HostileHandover(
+            "old-version",
+            (HandoverStep("request", fds=1, seconds=20.0, fields=(("v", 1),)), read),
+            NOTHING,
+            f"a request of wire version 1: refused with 75, {never}",
+        ),
+        HostileHandover(
+            "no-descriptor",
+            (HandoverStep("request", seconds=20.0), read),
+            NOTHING,
+            f"a request without its stdin descriptor: {never}",
+        ),
+        HostileHandover(
+            "two-descriptors",
+            (HandoverStep("request", seconds=20.0, fds=2), read),
+            NOTHING,
+            f"a request with two descriptors: both closed, {never}",
+        ),
+        HostileHandover(
+            "not-json",
+            (step("raw", data=b"\x00\x00\x00\x05hello", fds=1), read),
+            NOTHING,
+            f"a frame that is not JSON: {never}",
+        ),
+        HostileHandover(
+            "huge-length",
+            (step("raw", data=b"\xff\xff\xff\xff", fds=1), read),
+            NOTHING,
+            f"a frame header announcing 4 GB: {never}",
+        ),
+        HostileHandover(
+            "deadline-nan",
+            (
+                HandoverStep("request", seconds=20.0, fds=1, fields=(("deadline", float("nan")),)),
+                read,
+            ),
+            NOTHING,
+            f"a deadline that is not a number: {never}",
+        ),
+        HostileHandover(
+            "argv-not-strings",
+            (HandoverStep("request", seconds=20.0, fds=1, fields=(("argv", [1, 2]),)), read),
+            NOTHING,
+            f"argv that is not a list of strings: {never}",
+        ),
+        HostileHandover(
+            "help",
+            (
+                HandoverStep("request", seconds=20.0, fds=1, fields=(("argv", ["filter", "-h"]),)),
+                read,
+                go,
+                read,
+            ),
+            NOTHING,
+            f"filter --help handed over: one 75 answer, {never}",
+        ),
+        HostileHandover(
+            "not-filter",
+            (
+                HandoverStep(
+                    "request", seconds=20.0, fds=1, fields=(("argv", ["quarantine", "list"]),)
+                ),
+                read,
+                go,
+                read,
+            ),
+            NOTHING,
+            f"another subcommand handed over: one 75 answer, {never}",
+        ),
+        HostileHandover(
+            "foreign",
+            (request, read, go, read),
+            NOTHING,
+            f"a user who may not hand over: turned away before anything is read, {never}",
+            foreign=True,
+        ),
+        HostileHandover(
+            "foreign-silent",
+            (step("sleep", seconds=3.0),),
+            NOTHING,
+            f"a silent connection of a user who may not hand over: closed at once, {never}",
+            foreign=True,
+        ),
+    ]
+    names = [case.name for case in cases]
+    assert len(names) == len(set(names)), "duplicate case names"
+    return cases

@@ -8,12 +8,18 @@ exit 75 with nothing acted on twice.
 
 from __future__ import annotations
 
+import array
+import copy
+import json
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -24,8 +30,13 @@ from pathlib import Path
 
 import pytest
 
+import hostile
 import scatterguard
 from dnsserver import DnsServer
+from hostile import HostileHandover
+from scatterguard import config as config_mod
+from scatterguard.errors import ConfigError
+from scatterguard.server import REFUSED_STATUS
 from test_filter import ZONE, Filter, envelope, message, wait_until
 
 
@@ -325,3 +336,468 @@ def test_serve_reports_an_unusable_socket_path(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("scatterguard: server.socket: cannot listen on")
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12 items 2, 3, 9 and 12: hand-overs whose client gave up, is slow, silent, vanished or
+# foreign; a server of the wrong user; a worker that must survive any argv.
+
+NOBODY = 65534
+# Postfix's pipe(8) writes the message under its time limit and closes the pipe when the limit
+# passes: whatever the reader has by then is all it will ever get. The tests' stand-in limit.
+WRITER_LIMIT = 4.0
+
+
+def _started_workers(server: Server) -> list[int]:
+    """The worker pids once the master has forked them (it listens before it forks)."""
+    wait_until("the workers to start", lambda: bool(server.workers()))
+    return server.workers()
+
+
+def _frame(document: dict[str, object]) -> bytes:
+    """One hand-over frame: a 4-byte length and a JSON object."""
+    data = json.dumps(document, separators=(",", ":")).encode()
+    return struct.pack("!I", len(data)) + data
+
+
+def _quick_client(mta: Filter, tmp: Path, timeout: str) -> Filter:
+    """The same client with its own deadline (the ``timeout`` key) of ``timeout``."""
+    quick = copy.copy(mta)
+    quick.config = tmp / f"quick-{timeout}.toml"
+    quick.config.write_text(
+        mta.config.read_text().replace('timeout = "30s"', f"timeout = {timeout}")
+    )
+    return quick
+
+
+def _busy_worker(mta: Filter, seconds: float) -> subprocess.Popen[bytes]:
+    """Occupy the single worker with a message whose re-injection takes ``seconds``."""
+    mta.sendmail.delay(seconds)
+    blocker = mta.start(
+        envelope("alice@sender.example", "192.0.2.5", queue_id="4Blocker"), message()
+    )
+    wait_until("the blocker's re-injection to start", lambda: bool(mta.sendmail.running()))
+    # Only the blocker sleeps: the delay is read when the fake starts.
+    mta.sendmail.delay(None)
+    return blocker
+
+
+class TimedWriter(threading.Thread):
+    """Writes a message into a pipe as the MTA does: until done, EPIPE, or its time limit."""
+
+    def __init__(self, fd: int, data: bytes, limit: float) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.data, self.limit = fd, data, limit
+        self.result = ""
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        os.set_blocking(self.fd, False)
+        view = memoryview(self.data)
+        try:
+            while view:
+                left = started + self.limit - time.monotonic()
+                if left <= 0:
+                    self.result = "time-limit"
+                    return
+                _, writable, _ = select.select([], [self.fd], [], left)
+                if writable:
+                    try:
+                        view = view[os.write(self.fd, view[:65536]) :]
+                    except BlockingIOError:
+                        continue
+            self.result = "done"
+        except BrokenPipeError:
+            self.result = "epipe"
+        finally:
+            self.seconds = time.monotonic() - started
+            os.close(self.fd)
+
+
+def _start_fed(
+    mta: Filter, args: list[str], data: bytes, limit: float
+) -> tuple[subprocess.Popen[bytes], TimedWriter]:
+    """Start the filter with a pipe on stdin that a timed writer fills, as Postfix's pipe does."""
+    reader, writer = os.pipe()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scatterguard", "--config", str(mta.config), "filter", *args],
+        stdin=reader,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    os.close(reader)
+    feeder = TimedWriter(writer, data, limit)
+    feeder.start()
+    return process, feeder
+
+
+@pytest.mark.parametrize(
+    ("sender", "client"),
+    [
+        pytest.param("alice@sender.example", "192.0.2.5", id="deliver"),
+        pytest.param("ceo@reject.example", "203.0.113.9", id="quarantine"),
+    ],
+)
+def test_request_queued_past_its_deadline_is_never_acted_on(
+    served: tuple[Filter, Server], tmp_path: Path, sender: str, client: str
+) -> None:
+    """A request still waiting for a worker when its client exits 75 is dropped unread."""
+    mta, _ = served
+    blocker = _busy_worker(mta, 5.0)
+    quick = _quick_client(mta, tmp_path, "1")
+    started = time.monotonic()
+    done = quick.run(envelope(sender, client, queue_id="4Queued"), message(sender))
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.")
+    assert done.stdout.count(b"\n") == 1
+    assert time.monotonic() - started < 4.0
+    assert blocker.wait(timeout=30) == 0
+    time.sleep(2.0)  # the worker is free again and has seen the queued request
+    assert len(mta.sendmail.calls) == 1  # the blocker's
+    assert mta.entries() == []
+    # The retry, with a live client, is acted on once.
+    assert mta.run(envelope(sender, client, queue_id="4Queued"), message(sender)).returncode == 0
+    assert len(mta.sendmail.calls) + len(mta.entries()) == 2
+
+
+def test_request_of_a_killed_client_is_never_acted_on(served: tuple[Filter, Server]) -> None:
+    """A client killed while its request waits for a worker: the request is dropped unread."""
+    mta, _ = served
+    blocker = _busy_worker(mta, 3.0)
+    victim = mta.start(
+        envelope("ceo@reject.example", "203.0.113.9", queue_id="4Killed"),
+        message("ceo@reject.example"),
+    )
+    time.sleep(0.5)  # connected and sent: its request is in the queue
+    victim.kill()
+    victim.wait(timeout=10)
+    assert blocker.wait(timeout=30) == 0
+    time.sleep(1.5)
+    assert len(mta.sendmail.calls) == 1  # the blocker's
+    assert mta.entries() == []
+
+
+def test_large_message_whose_client_gives_up_is_never_truncated(
+    served: tuple[Filter, Server], tmp_path: Path
+) -> None:
+    """174 KB+ handed over while no worker is free: never a short copy, and the MTA's writer
+    finishes (or gets EPIPE) long before its own time limit."""
+    mta, _ = served
+    blocker = _busy_worker(mta, WRITER_LIMIT + 2.0)
+    quick = _quick_client(mta, tmp_path, "1")
+    data = message(extra=b"X-Filler: " + b"f" * 70 + b"\n") + b"line of body text\n" * 12000
+    assert len(data) > 174 * 1024
+    process, feeder = _start_fed(
+        quick, envelope("alice@sender.example", "192.0.2.5", queue_id="4Large"), data, WRITER_LIMIT
+    )
+    out, err = process.communicate(timeout=30)
+    feeder.join(timeout=30)
+    assert process.returncode == 75, err
+    assert out.startswith(b"4.")
+    assert out.count(b"\n") == 1
+    assert feeder.result in ("done", "epipe"), feeder.result
+    assert feeder.seconds < WRITER_LIMIT / 2
+    assert blocker.wait(timeout=30) == 0
+    time.sleep(2.0)
+    assert len(mta.sendmail.calls) == 1  # the blocker's, never a copy of the large message
+    assert mta.entries() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
+def test_idle_foreign_connections_do_not_stall_the_server(served: tuple[Filter, Server]) -> None:
+    """Connections from a user who may not hand over are closed unread, at once."""
+    mta, server = served
+    holder = subprocess.Popen(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import socket, sys, time\n"
+            "held = []\n"
+            "for _ in range(5):\n"
+            "    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "    s.connect(sys.argv[1])\n"
+            "    held.append(s)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(30)\n",
+            server.socket,
+        ],
+        stdout=subprocess.PIPE,
+        user=NOBODY,
+        group=NOBODY,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"ready\n"
+        started = time.monotonic()
+        done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+        assert done.returncode == 0, done.stdout
+        assert time.monotonic() - started < 4.0
+        assert len(mta.sendmail.calls) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_silent_allowed_peer_gets_a_short_frame_deadline(served: tuple[Filter, Server]) -> None:
+    """An allowed peer that connects and sends half a frame is dropped within seconds."""
+    mta, server = served
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer.connect(server.socket)
+    peer.sendall(b"\x00\x00")
+    peer.settimeout(15)
+    started = time.monotonic()
+    received = b""
+    while chunk := peer.recv(65536):
+        received += chunk
+    assert time.monotonic() - started < 4.0
+    # Either no answer at all or a deferral: never anything acted on.
+    assert received in (b"", _frame({"code": 75, "status": REFUSED_STATUS}))
+    peer.close()
+    assert mta.run(envelope("alice@sender.example", "192.0.2.5"), message()).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to serve as another user")
+def test_client_refuses_a_server_of_another_user(tmp_path: Path, dns_server: DnsServer) -> None:
+    """A socket served by a user who is neither root nor ours gets no message: exit 75."""
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o755)
+    path = str(directory / "sg.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o666)  # noqa: S103 - the impostor's socket must be reachable, as ours is
+    # listen() records the credentials a client sees (SO_PEERCRED): the impostor's.
+    impostor = subprocess.Popen(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import socket, struct, sys\n"
+            "s = socket.socket(fileno=int(sys.argv[1]))\n"
+            "s.listen()\n"
+            "print('ready', flush=True)\n"
+            "c, _ = s.accept()\n"
+            "data, fds, _, _ = c.recvmsg(65536, socket.CMSG_SPACE(4))\n"
+            "print('got-fd' if fds else 'no-fd', flush=True)\n"
+            'reply = b\'{"code":0,"status":null}\'\n'
+            "c.sendall(struct.pack('!I', len(reply)) + reply)\n",
+            str(listener.fileno()),
+        ],
+        stdout=subprocess.PIPE,
+        pass_fds=[listener.fileno()],
+        user=NOBODY,
+        group=NOBODY,
+    )
+    listener.close()
+    assert impostor.stdout is not None
+    assert impostor.stdout.readline() == b"ready\n"
+    mta = Filter(tmp_path, dns_server, server_socket=path)
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.")
+    assert done.stdout.count(b"\n") == 1
+    out, _ = impostor.communicate(timeout=10)
+    assert out == b"no-fd\n"
+    assert mta.sendmail.calls == []
+
+
+@pytest.mark.parametrize("parent", ["/tmp", "/dev/shm"])
+def test_config_refuses_a_socket_others_could_replace(
+    tmp_path: Path, dns_server: DnsServer, parent: str
+) -> None:
+    """server.socket in a directory others may write to is a configuration error naming it."""
+    if not os.path.isdir(parent) or not os.stat(parent).st_mode & stat.S_IWOTH:
+        pytest.skip(f"{parent} is not world-writable here")
+    path = f"{parent}/sg-test-{os.getpid()}.sock"
+    with pytest.raises(ConfigError, match=r"server\.socket"):
+        config_mod.parse({"server": {"socket": path}})
+    with pytest.raises(ConfigError, match=r"server\.socket"):
+        config_mod.parse({"server": {"socket": f"{parent}/sg-missing-{os.getpid()}/s.sock"}})
+    # The filter defers (and logs the key) instead of handing mail to whoever listens there.
+    mta = Filter(tmp_path, dns_server, server_socket=path)
+    done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
+    assert done.returncode == 75
+    assert mta.sendmail.calls == []
+    # And says why, naming the key, where a postmaster looks.
+    checked = subprocess.run(
+        [sys.executable, "-m", "scatterguard", "--config", str(mta.config), "check"],
+        input=message(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 1
+    assert b"server.socket" in checked.stderr
+    assert b"writable by others" in checked.stderr
+
+
+def test_config_accepts_a_closed_directory_under_a_sticky_one(tmp_path: Path) -> None:
+    """A private directory of ours under /tmp (sticky) cannot be replaced: accepted."""
+    directory = Path(tempfile.mkdtemp(prefix="sg-sock-"))
+    try:
+        directory.chmod(0o755)
+        path = str(directory / "s.sock")
+        assert config_mod.parse({"server": {"socket": path}}).server.socket == path
+        directory.chmod(0o777)
+        with pytest.raises(ConfigError, match=r"server\.socket"):
+            config_mod.parse({"server": {"socket": path}})
+    finally:
+        shutil.rmtree(directory)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a link of another user")
+def test_config_refuses_a_link_another_user_could_redirect(tmp_path: Path) -> None:
+    """A link in a sticky directory that leads somewhere safe, owned by someone else: refused."""
+    safe = tmp_path / "run"
+    safe.mkdir(mode=0o755)
+    link = Path(tempfile.mkdtemp(prefix="sg-link-")) / "link"
+    try:
+        link.parent.chmod(0o1777)
+        link.symlink_to(safe)
+        assert config_mod.parse({"server": {"socket": f"{link}/s.sock"}}).server.socket
+        os.lchown(link, NOBODY, NOBODY)
+        with pytest.raises(ConfigError, match=r"server\.socket.*symbolic link"):
+            config_mod.parse({"server": {"socket": f"{link}/s.sock"}})
+    finally:
+        shutil.rmtree(link.parent)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["filter", "--help"], id="filter-help"),
+        pytest.param(["filter", "-h"], id="filter-h"),
+        pytest.param(["--version", "filter"], id="version"),
+        pytest.param(["filter", "--no-such-option"], id="bad-option"),
+        pytest.param(["filter", "-f"], id="missing-value"),
+    ],
+)
+def test_any_argv_handed_over_defers_and_the_worker_survives(
+    served: tuple[Filter, Server], argv: list[str]
+) -> None:
+    """``filter --help`` and other argv argparse exits on: one 75 answer, the same worker."""
+    mta, server = served
+    before = _started_workers(server)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
+    config = ["--config", str(mta.config)]
+    done = subprocess.run(
+        [sys.executable, "-m", "scatterguard", *config, *argv],
+        input=message(),
+        capture_output=True,
+        timeout=60,
+        env=environ,
+        check=False,
+    )
+    assert done.returncode == 75
+    assert done.stdout.startswith(b"4.")
+    assert done.stdout.count(b"\n") == 1
+    assert done.stderr == b""
+    time.sleep(0.5)
+    assert server.workers() == before
+    assert server.process.poll() is None
+    assert mta.run(envelope("alice@sender.example", "192.0.2.5"), message()).returncode == 0
+    assert len(mta.sendmail.calls) == 1
+
+
+HANDOVERS = {case.name: case for case in hostile.handovers()}
+
+
+def _run_steps(path: str, case: HostileHandover) -> list[dict[str, object]]:
+    """Play the hostile client against the server at ``path``; the frames it got back."""
+    reader, writer = os.pipe()
+    os.write(writer, hostile.standard_message())
+    os.close(writer)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    got: list[dict[str, object]] = []
+    nonce = ""
+    try:
+        sock.connect(path)
+        sock.settimeout(10)
+        for step in case.steps:
+            ancillary = []
+            if step.fds:
+                fds = array.array("i", [reader] * step.fds)
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())]
+            if step.kind == "request":
+                document: dict[str, object] = {
+                    "v": 2,
+                    "argv": hostile.handover_argv(),
+                    "env": {},
+                    "deadline": time.monotonic() + step.seconds,
+                    "timeout": step.seconds,
+                }
+                document.update(dict(step.fields))
+                sock.sendmsg([hostile.handover_frame(document)], ancillary)
+            elif step.kind == "raw":
+                sock.sendmsg([step.data], ancillary)
+            elif step.kind == "read":
+                header = _recv_exact(sock, 4)
+                if not header:
+                    break
+                frame = json.loads(_recv_exact(sock, int.from_bytes(header, "big")))
+                got.append(frame)
+                nonce = str(frame.get("ready", nonce))
+            elif step.kind == "go":
+                sock.sendall(hostile.handover_frame({"go": step.data.decode() or nonce}))
+            elif step.kind == "sleep":
+                time.sleep(step.seconds)
+            elif step.kind == "close":
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
+        os.close(reader)
+    return got
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, id=name) for name in HANDOVERS])
+def test_hostile_handover(served: tuple[Filter, Server], name: str) -> None:
+    """Slow, silent, vanished, foreign and malformed hand-overs: never acted on (but the
+    genuine one), the worker lives on, and the next genuine client is served at once."""
+    mta, server = served
+    case = HANDOVERS[name]
+    if case.foreign and os.geteuid() != 0:
+        pytest.skip("needs root to connect as another user")
+    before = _started_workers(server)
+    if case.foreign:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child plays the foreign client and exits
+            try:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                got = _run_steps(server.socket, case)
+                os._exit(0 if all(frame.get("code") == 75 for frame in got) else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    else:
+        got = _run_steps(server.socket, case)
+        answers = [frame for frame in got if "code" in frame]
+        assert len(answers) <= 1
+        if case.expect == hostile.NOTHING:
+            assert all(frame["code"] == 75 for frame in answers), answers
+        else:
+            assert answers == [{"code": 0, "status": None}]
+    started = time.monotonic()
+    follow = mta.run(envelope("alice@sender.example", "192.0.2.5", queue_id="4Next"), message())
+    assert follow.returncode == 0
+    assert time.monotonic() - started < 5.0
+    assert server.workers() == before
+    hostile_copies = [
+        call for call in mta.sendmail.calls if b"Message-ID: <1@sender" not in call.data
+    ]
+    assert len(mta.sendmail.calls) == (2 if case.expect == hostile.DELIVER else 1), hostile_copies
+    assert mta.entries() == []

@@ -237,12 +237,15 @@ def _fill_standard_fds() -> None:
 def _hand_over(argv: Sequence[str]) -> tuple[int, str | None] | None:
     """Give the message to a running ``scatterguard serve``; None when there is none.
 
-    This runs first, with only the configuration file's ``timeout`` and ``server.socket`` read:
+    This runs first, with only the configuration file's ``timeout`` and ``server`` keys read:
     the server validates and uses its own configuration, and when there is no server (or the
-    file cannot be read here) the full path below reports what is wrong. Once the request is
-    sent there is no way back (the server may have read stdin), so any failure after that is a
-    deferral. The client waits a little longer than the server's own deadline, so a message
-    the server is still working on is never retried in parallel.
+    file cannot be read here, or ``server.socket`` lies where others could replace it) the full
+    path below reports what is wrong. The stdin descriptor goes only to a server running as
+    root, as our own user or as ``server.user``. The server acts only on our "go", which we
+    send only before our own deadline (see :mod:`scatterguard.handover`); we wait for its
+    answer a little longer, so a message the server is acting on is not retried in parallel.
+    Whenever we give up without an outcome, stdin is drained to EOF before we exit 75, so the
+    MTA's writer is never left blocked behind a descriptor the server may never read.
     """
     import tomllib
 
@@ -254,21 +257,39 @@ def _hand_over(argv: Sequence[str]) -> tuple[int, str | None] | None:
             data = tomllib.load(handle)
         server = data.get("server", {})
         socket_path = server.get("socket", handover.DEFAULT_SOCKET)
+        user = server.get("user", handover.DEFAULT_USER)
         timeout = duration.parse(data.get("timeout", handover.DEFAULT_TIMEOUT))
     except FileNotFoundError:
         if path is not None:
             return None
         socket_path, timeout = handover.DEFAULT_SOCKET, handover.DEFAULT_TIMEOUT
+        user = handover.DEFAULT_USER
     except (OSError, ValueError, TypeError, AttributeError):
         return None
-    if not isinstance(socket_path, str) or timeout <= 0:
+    if not isinstance(socket_path, str) or not isinstance(user, str) or timeout <= 0:
         return None
-    deadline = time.monotonic() + timeout + min(10.0, 1.0 + timeout / 10)
+    go_by = time.monotonic() + timeout
+    answer_by = go_by + min(10.0, 1.0 + timeout / 10)
+    trusted = handover.trusted_uids(user)
+    if not socket_path or handover.unsafe_directory(socket_path, trusted) is not None:
+        return None
     sock = handover.connect(socket_path, timeout)
     if sock is None:
         return None
+    stdin_fd = sys.stdin.fileno()
+    failure: handover.HandoverError | None = None
+    reply = handover.Reply(EX_TEMPFAIL, TEMPFAIL_STATUS)
     with sock:
-        reply = handover.hand_over(sock, argv, os.environ, sys.stdin.fileno(), deadline)
+        try:
+            handover.check_server(sock, trusted)
+            reply = handover.hand_over(sock, argv, os.environ, stdin_fd, go_by, answer_by)
+        except handover.HandoverError as exc:
+            failure = exc
+    # The connection is closed: a server still holding our stdin can no longer act on it.
+    if failure is not None or reply.code == EX_TEMPFAIL:
+        handover.drain(stdin_fd, answer_by)
+    if failure is not None:
+        raise failure
     return reply.code, reply.status
 
 

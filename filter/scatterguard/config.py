@@ -81,6 +81,9 @@ class ServerConfig:
     """
 
     socket: str = handover.DEFAULT_SOCKET
+    # The user the server runs as: ``filter`` hands its stdin only to a server running as this
+    # user, as root, or as its own user; the socket's directories must belong to one of them.
+    user: str = handover.DEFAULT_USER
     workers: int = 0  # 0: one per CPU
     # Users whose processes may hand messages over (SO_PEERCRED), besides root and the server's
     # own user (the one Postfix's and Exim's hooks run the filter as).
@@ -241,20 +244,32 @@ def _log(table: _Table) -> LogConfig:
 
 
 def _server(table: _Table) -> ServerConfig:
+    user = table.get("user", _string, ServerConfig.user)
     return ServerConfig(
-        socket=table.get("socket", _socket_path, ServerConfig.socket),
+        socket=table.get("socket", _socket_path(user), ServerConfig.socket),
+        user=user,
         workers=table.get("workers", _non_negative, ServerConfig.workers),
         allowed_users=table.get("allowed_users", _names, ServerConfig.allowed_users),
     )
 
 
-def _socket_path(value: Any) -> str:
-    text = _string(value)
-    if text and not text.startswith("/"):
-        raise ValueError(f'{text!r} must be an absolute path, or "" to disable the server')
-    if len(text.encode()) > 107:
-        raise ValueError("a UNIX socket path must be shorter than 108 bytes")
-    return text
+def _socket_path(user: str) -> Callable[[Any], str]:
+    """A socket path nobody but root, us and ``user`` could put another socket at."""
+
+    def check(value: Any) -> str:
+        text = _string(value)
+        if text and not text.startswith("/"):
+            raise ValueError(f'{text!r} must be an absolute path, or "" to disable the server')
+        if len(text.encode()) > 107:
+            raise ValueError("a UNIX socket path must be shorter than 108 bytes")
+        # Whoever may write the socket's directory may listen there in the server's stead and
+        # read every message handed over (the client checks the server's uid as well).
+        reason = handover.unsafe_directory(text, handover.trusted_uids(user)) if text else None
+        if reason is not None:
+            raise ValueError(f"{text!r} is unsafe: {reason}")
+        return text
+
+    return check
 
 
 def _non_negative(value: Any) -> int:

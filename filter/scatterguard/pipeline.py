@@ -211,8 +211,15 @@ def run_filter(
     logger: Logger,
     now: Callable[[], float] = time.time,
     delivered: DeliveryRecord | None = None,
+    confirm: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Filter one message whose bytes and envelope are already read; never raises."""
+    """Filter one message whose bytes and envelope are already read; never raises.
+
+    ``confirm``, when given, is called right before anything is acted on (or answered as done);
+    when it raises, nothing is, and the message is deferred. The resident server confirms there
+    that its client is still alive and within its deadline (:func:`scatterguard.handover.confirm`).
+    """
+    confirmed = confirm or _no_confirmation
     started = time.monotonic()
     message: Message | None = None
     evaluation: Evaluation | None = None
@@ -221,6 +228,7 @@ def run_filter(
         key = DeliveryRecord.key(envelope, data) if delivered is not None else None
         if delivered is None or key is None:
             evaluation = evaluate(message, envelope, config, resolver, now())
+            confirmed()
             outcome = act(message, envelope, evaluation, config, reinjector, quarantine)
         else:
             # One attempt at a time per queue file: a retry that arrives while an earlier
@@ -228,11 +236,13 @@ def run_filter(
             with delivered.claim(key) as claim:
                 if claim.done:
                     # A retry of a delivery that went through before the filter was killed.
+                    confirmed()
                     outcome = Outcome(EX_OK)
                     log_line(logger, message, envelope, None, outcome, started, note=ALREADY)
                     return outcome
                 evaluation = evaluate(message, envelope, config, resolver, now())
                 guarded = functools.partial(delivered.reinject, claim, reinjector)
+                confirmed()
                 outcome = act(message, envelope, evaluation, config, guarded, quarantine)
     except Exception as exc:  # noqa: BLE001 - every failure must end in a retry, never a loss
         outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
@@ -250,6 +260,7 @@ def filter_stream(
     *,
     resolver: Resolver,
     logger: Logger,
+    confirm: Callable[[], None] | None = None,
 ) -> Outcome:
     """Read one message as the MTA hands it over (argv or BSMTP) and filter it; never raises.
 
@@ -291,9 +302,14 @@ def filter_stream(
             resolver=resolver,
             logger=logger,
             delivered=DeliveryRecord(config.quarantine.directory / "delivered"),
+            confirm=confirm,
         )
     finally:
         spool.close(data)
+
+
+def _no_confirmation() -> None:
+    """The in-process filter is its own client: nothing to confirm."""
 
 
 def describe(exc: BaseException) -> str:

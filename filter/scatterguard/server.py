@@ -5,12 +5,14 @@ the checks themselves. The server imports everything once, forks a small pool of
 share the listening socket, and each worker keeps its DNS cache (honouring TTLs) across
 messages. A worker receives the filter client's stdin descriptor (SCM_RIGHTS), reads the message
 from it directly, runs exactly the same code as the in-process filter
-(:func:`scatterguard.pipeline.filter_stream`), acts, and only then answers with the exit code and
-status line, which the client relays to the MTA.
+(:func:`scatterguard.pipeline.filter_stream`), asks the client to confirm right before it acts
+(the client must still be alive and within its deadline, see :mod:`scatterguard.handover`),
+acts, and only then answers with the exit code and status line, which the client relays to the
+MTA.
 
 Only root, the server's own user and ``server.allowed_users`` may hand messages over (checked with
-SO_PEERCRED). The master process restarts workers that die; SIGTERM lets every worker finish the
-message it holds, then removes the socket.
+SO_PEERCRED right after accept, before anything is read). The master process restarts workers
+that die; SIGTERM lets every worker finish the message it holds, then removes the socket.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from scatterguard import handover
 from scatterguard.config import Config
@@ -99,6 +101,11 @@ def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> i
     from scatterguard import journal
 
     uids = allowed_uids(config)
+    # The --socket option bypasses the configuration's check of the path.
+    path = config.server.socket
+    reason = handover.unsafe_directory(path, handover.trusted_uids(config.server.user))
+    if path and reason is not None:
+        raise ConfigError(f"server.socket: {path!r} is unsafe: {reason}")
     warm_imports()
     logger = journal.setup(config.log)
     sock = listen(config.server.socket)
@@ -196,34 +203,95 @@ def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
 def handle(
     conn: socket.socket, config: Config, uids: frozenset[int], resolver: Any, logger: Any
 ) -> None:
-    """Serve one request: check the peer, filter the message, act, then answer."""
-    from scatterguard import cli, pipeline
+    """Serve one request: check the peer, read the request, filter, confirm, act, answer.
+
+    The peer's credentials are checked before anything is read, so a peer that may not hand
+    over costs no wait. An allowed peer has :data:`handover.FRAME_TIMEOUT` for its request. A
+    request whose client is out of time is dropped unread; otherwise the message is filtered
+    under the client's deadline (and our own ``timeout``), and acted on only after the client's
+    "go" (:func:`handover.confirm`), from then on under our own deadline alone.
+    """
+    from scatterguard import pipeline
 
     try:
-        request = handover.receive(conn)
-    except (handover.HandoverError, OSError, ValueError) as exc:
+        pid, uid = handover.peer(conn)
+    except OSError as exc:
         logger.info("handover", action="refused", error=pipeline.describe(exc))
         return
-    if request.peer_uid not in uids:
-        os.close(request.stdin_fd)
-        logger.info("handover", action="refused", uid=request.peer_uid, pid=request.peer_pid)
+    if uid not in uids:
+        logger.info("handover", action="refused", uid=uid, pid=pid)
+        # Never blocks: a small frame into an empty socket buffer, sent without waiting.
+        conn.setblocking(False)
         with contextlib.suppress(OSError):
             handover.answer(conn, EX_TEMPFAIL, REFUSED_STATUS)
         return
-    code: int = EX_TEMPFAIL
-    status: str | None = TEMPFAIL_STATUS
+    own_deadline = time.monotonic() + config.timeout
     try:
-        with os.fdopen(request.stdin_fd, "rb") as stdin:
-            args = cli.build_parser().parse_args(request.argv)
-            if args.command != "filter":
-                raise handover.HandoverError(f"not a filter request: {args.command}")
-            with pipeline.deadline(config.timeout):
-                outcome = pipeline.filter_stream(
-                    args, request.env, stdin, config, resolver=resolver, logger=logger
-                )
-            code, status = outcome.code, outcome.status
+        request = handover.receive(conn)
+    except (handover.HandoverError, OSError, ValueError) as exc:
+        logger.info("handover", action="refused", uid=uid, pid=pid, error=pipeline.describe(exc))
+        with contextlib.suppress(OSError):
+            conn.settimeout(0.0)
+            handover.answer(conn, EX_TEMPFAIL, REFUSED_STATUS)
+        return
+    with os.fdopen(request.stdin_fd, "rb") as stdin:
+        left = min(request.left(), own_deadline - time.monotonic())
+        if left < handover.MIN_LEFT or handover.hung_up(conn):
+            # It waited in the listen queue while its client gave up (or went away): its
+            # message may be incomplete, and nobody waits for the outcome.
+            logger.info("handover", action="dropped", uid=uid, pid=pid, left=round(left, 3))
+            return
+        code, status = _filter(conn, request, stdin, config, resolver, logger, left, own_deadline)
+    with contextlib.suppress(OSError):
+        conn.settimeout(max(0.001, own_deadline - time.monotonic()))
+        handover.answer(conn, code, status)
+
+
+def _filter(
+    conn: socket.socket,
+    request: handover.Request,
+    stdin: BinaryIO,
+    config: Config,
+    resolver: Any,
+    logger: Any,
+    left: float,
+    own_deadline: float,
+) -> tuple[int, str | None]:
+    """Filter the handed-over message; every failure, argparse's exits included, is a 75."""
+    import io
+
+    from scatterguard import cli, pipeline
+
+    def confirm() -> None:
+        handover.confirm(conn, request.deadline)
+        # Confirmed: the action is finished under our own deadline, not cut off by the
+        # client's (its retry then finds the delivery record or the same quarantine entry).
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, own_deadline - time.monotonic()))
+
+    try:
+        try:
+            # argparse prints --help and --version (to our stdout) and exits: neither is a
+            # filter request, and neither may end the worker.
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
+                args = cli.build_parser().parse_args(request.argv)
+        except SystemExit:
+            raise handover.HandoverError("not a filter request: argparse exited") from None
+        if args.command != "filter":
+            raise handover.HandoverError(f"not a filter request: {args.command}")
+        with pipeline.deadline(left):
+            outcome = pipeline.filter_stream(
+                args,
+                request.env,
+                stdin,
+                config,
+                resolver=resolver,
+                logger=logger,
+                confirm=confirm,
+            )
+        return outcome.code, outcome.status
     except Exception as exc:  # noqa: BLE001 - a bad request defers one message, not the worker
         logger.info("message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc))
-        code, status = EX_TEMPFAIL, TEMPFAIL_STATUS
-    with contextlib.suppress(OSError):
-        handover.answer(conn, code, status)
+        return EX_TEMPFAIL, TEMPFAIL_STATUS

@@ -44,6 +44,9 @@ TARGET_NAMES = (
     "reverse_path",
     "reinject_command",
     "dkim_tag_list",
+    # the hand-over's frames (targets.handover_request, targets.handover_reply)
+    "handover_request",
+    "handover_reply",
 )
 MAX_LEN = {"authresults": 2048}
 DEFAULT_MAX_LEN = 8192
@@ -310,7 +313,7 @@ def seeds() -> dict[str, list[bytes]]:
         b'HELO x\nMAIL FROM:<"a>b"@c.example> SIZE=10\nRCPT TO:<d@e.example> NOTIFY=NEVER\n'
         b"DATA\nbody\n.\nQUIT\n",
     ]
-    return {
+    found = {
         "message": small,
         "from_domains": from_values,
         "dmarc_record": records,
@@ -318,6 +321,36 @@ def seeds() -> dict[str, list[bytes]]:
         "authresults": [bytes(range(256)), b"\x01" * 64, b"\x00" * 8, b"example.org" * 20],
         "dkim_tag_list": DKIM_TAG_LISTS,
     }
+    found.update(_handover_seeds(hostile))
+    return found
+
+
+def _handover_seeds(hostile: Any) -> dict[str, list[bytes]]:
+    """Issue 12: requests (first byte: the number of descriptors) and server replies."""
+    frame = hostile.handover_frame
+    request = {"v": 2, "argv": hostile.handover_argv(), "env": {}, "deadline": 1e12, "timeout": 9}
+    requests = [
+        b"\x01" + frame(request),
+        b"\x00" + frame(request),
+        b"\x02" + frame(request),
+        b"\x01" + frame({**request, "v": 1}),
+        b"\x01" + frame({**request, "deadline": float("nan")}),
+        b"\x01" + frame({**request, "argv": [1]}),
+        b"\x01\xff\xff\xff\xff",
+        b"\x01\x00\x00",
+        b"\x01\x00\x00\x00\x05hello",
+    ]
+    replies = [
+        frame({"ready": "ab"}) + frame({"code": 0, "status": None}),
+        frame({"ready": "ab"}) + frame({"code": 69, "status": "5.7.1 no"}),
+        frame({"code": 0, "status": None}),
+        frame({"code": 75, "status": "4.3.0 later"}),
+        frame({"ready": 1}),
+        frame({"ready": "ab", "code": 0}),
+        frame([1, 2]),
+        b"\x00\x00\x00\x09not json!",
+    ]
+    return {"handover_request": requests, "handover_reply": replies}
 
 
 def write_seeds() -> int:

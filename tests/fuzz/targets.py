@@ -27,15 +27,34 @@ Targets:
   dkimpy's ``parse_tag_value`` (ours accepts only what dkimpy reads as the same dict), and
   :func:`~scatterguard.dkimcheck.check_dkim` on the bytes as a DKIM-Signature field: every
   ``d=``, ``s=``, ``a=`` and header.b it reports is dkimpy's parse of the field it was handed.
+- ``handover_request``: :func:`scatterguard.handover.receive`, the server's reading of a request
+  (with 0, 1 or 2 passed descriptors): no descriptor is ever left open.
+- ``handover_reply``: :func:`scatterguard.handover.hand_over`, the client's reading of what a
+  server sends: it reports 0 or 69 only after it sent "go".
 """
 
 from __future__ import annotations
 
+import array
+import contextlib
+import math
+import os
 import re
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scatterguard import authresults, dkimcheck, dmarc, dmarcrecord, envelope, intake, spfcheck
+from scatterguard import (
+    authresults,
+    dkimcheck,
+    dmarc,
+    dmarcrecord,
+    envelope,
+    handover,
+    intake,
+    spfcheck,
+)
 from scatterguard.config import DkimConfig
 from scatterguard.errors import InputError, UsageError
 from scatterguard.message import MAX_HEADER_FIELDS, Message
@@ -356,6 +375,74 @@ def dkim_tag_list(data: bytes) -> None:
             assert re.sub(rb"\s+", b"", truth[b"b"]).decode().startswith(result.b_prefix)
 
 
+# Issue 12 items 2/3: the hand-over's frames, from either side.
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def handover_request(data: bytes) -> None:
+    """The server's reading of a request: a Request with one descriptor, or HandoverError /
+    OSError; never a descriptor left open, never a deadline that is not a finite number."""
+    before = _open_fds()
+    server, client = socket.socketpair()
+    reader, writer = os.pipe()
+    try:
+        count, payload = (data[0] % 3, data[1:65537]) if data else (0, b"")
+        ancillary = []
+        if count:
+            fds = array.array("i", [reader] * count)
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())]
+        with contextlib.suppress(OSError):
+            client.sendmsg([payload], ancillary)
+        client.shutdown(socket.SHUT_WR)
+        try:
+            request = handover.receive(server, timeout=0.05)
+        except (handover.HandoverError, OSError):
+            pass
+        else:
+            os.close(request.stdin_fd)
+            assert math.isfinite(request.deadline)
+            assert all(isinstance(item, str) for item in request.argv)
+            assert all(isinstance(k, str) and isinstance(v, str) for k, v in request.env.items())
+    finally:
+        for item in (server, client):
+            item.close()
+        os.close(reader)
+        os.close(writer)
+    assert _open_fds() == before, "a passed descriptor was left open"
+
+
+def handover_reply(data: bytes) -> None:
+    """The client's reading of whatever a server sends: exit 0 or 69 only after it said "go"
+    (the server may act only on that), and anything else is 75 or HandoverError."""
+    server, client = socket.socketpair()
+    reader, writer = os.pipe()
+    try:
+        with contextlib.suppress(OSError):
+            server.sendall(data[:65536])
+        server.shutdown(socket.SHUT_WR)
+        now = time.monotonic()
+        try:
+            reply = handover.hand_over(client, ["filter"], {}, reader, now + 0.05, now + 0.1)
+        except handover.HandoverError:
+            return
+        client.shutdown(socket.SHUT_WR)
+        sent = b""
+        server.settimeout(1.0)
+        while chunk := server.recv(65536):
+            sent += chunk
+        assert reply.code in (0, 69, 75)
+        assert reply.code == 75 or b'{"go":' in sent, (reply.code, sent[-200:])
+        assert reply.code == 0 or reply.status  # 69 and 75 carry their one status line
+    finally:
+        for item in (server, client):
+            item.close()
+        os.close(reader)
+        os.close(writer)
+
+
 TOKENS = Path(__file__).resolve().parent / "tokens.dict"
 
 
@@ -418,4 +505,6 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "reverse_path": reverse_path,
     "reinject_command": reinject_command,
     "dkim_tag_list": dkim_tag_list,
+    "handover_request": handover_request,
+    "handover_reply": handover_reply,
 }
