@@ -323,6 +323,19 @@ def report(
             id="rule6-spf-pass-for-another-domain-does-not-verify",
         ),
         pytest.param(
+            AuthReport(
+                spf=SpfResult(Result.NONE, "mailfrom", "other.example"),
+                dkim=(),
+                dmarc=DmarcResult(Result.FAIL, "from.example", Policy.REJECT),
+                reverse_path_dkim_aligned=True,
+            ),
+            envelope(),
+            None,
+            Action.QUARANTINE,
+            False,
+            id="rule6-spf-none-for-another-domain-lets-no-dkim-signature-verify",
+        ),
+        pytest.param(
             report(spf="fail", dkim_rp=False),
             envelope(sender=None),
             None,

@@ -107,7 +107,8 @@ def verification(report: AuthReport, envelope: Envelope, trusted: str | None) ->
     spf_for_sender = spf.identity == "mailfrom" and spf.domain == domain
     if spf_for_sender and spf.result is Result.PASS:
         return f"reverse-path verified: SPF pass for {_safe(domain)}"
-    spf_silent = spf.identity == "mailfrom" and spf.result in DKIM_VERIFIES_WITH_SPF
+    # The same identity for both: a "none" for another domain says nothing about this envelope.
+    spf_silent = spf_for_sender and spf.result in DKIM_VERIFIES_WITH_SPF
     if report.reverse_path_dkim_aligned and spf_silent:
         return (
             f"reverse-path verified: DKIM signature aligned with {_safe(domain)} "
