@@ -79,6 +79,14 @@ BAD_COMMANDS = {
     "recipients-glued": [SENDMAIL, "-f", "{sender}", "--", "x{recipients}"],
     "recipients-twice": [SENDMAIL, "-f", "{sender}", "--", "{recipients}", "{recipients}"],
     "unknown-placeholder": [SENDMAIL, "-f", "{sender}", "-q", "{queue_id}", "--", "{recipients}"],
+    # Adversarial review (issue 12 item 11): the last -f/-r wins, -t adds the recipients the
+    # message's own To/Cc/Bcc name, and anything after "--" besides {recipients} is a recipient.
+    "second-sender-option": [SENDMAIL, "-f", "{sender}", "-f", "x@x.org", "--", "{recipients}"],
+    "second-sender-glued": [SENDMAIL, "-f", "{sender}", "-rx@example.org", "--", "{recipients}"],
+    "sender-option-before": [SENDMAIL, "-fx@example.org", "-f", "{sender}", "--", "{recipients}"],
+    "recipients-from-headers": [SENDMAIL, "-t", "-f", "{sender}", "--", "{recipients}"],
+    "argument-after-recipients": [SENDMAIL, "-f", "{sender}", "--", "{recipients}", "-oi"],
+    "recipient-before-recipients": [SENDMAIL, "-f", "{sender}", "--", "x@y.org", "{recipients}"],
 }
 GOOD_COMMANDS = {
     "default": list(config.DEFAULT_REINJECT),

@@ -638,6 +638,33 @@ def test_bsmtp_reverse_paths_are_filtered(mta: Filter, path: str) -> None:
     assert call.argv[:4] == ["-G", "-i", "-f", path]
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(b"a>b@nodmarc.example", id="exim-unquoted-angle"),
+        pytest.param(b"\xe9t\xe9@nodmarc.example", id="latin-1-local-part"),
+    ],
+)
+def test_bsmtp_paths_with_angles_or_8_bit_octets_are_filtered(mta: Filter, path: bytes) -> None:
+    """Adversarial review of issue 12 item 7: Exim writes '"a>b"@x' as ``<a>b@x>`` and passes
+    8-bit octets as they came; both were refused (exit 75 until Exim gives up and bounces to an
+    unverified sender) or cut at the inner '>'. Now filtered, and re-injected octet for octet,
+    sender and recipient alike."""
+    batch = (
+        b"MAIL FROM:<"
+        + path
+        + b">\nRCPT TO:<"
+        + path
+        + b">\nDATA\n"
+        + message("x@nodmarc.example").replace(b"\n.", b"\n..")  # dot-stuffed
+        + b".\n"
+    )
+    done = mta.run(["--bsmtp"], batch, {"SCATTERGUARD_CLIENT_ADDRESS": "192.0.2.5"})
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    [call] = mta.sendmail.calls
+    assert [os.fsencode(arg) for arg in call.argv] == [b"-G", b"-i", b"-f", path, b"--", path]
+
+
 def test_unparsable_reverse_path_is_never_bounced(mta: Filter) -> None:
     """Exim's unquoted a@b@verified.example is not strict: SPF passes for verified.example, yet a
     p=reject failure is quarantined; the strict '"a@b"@verified.example' is bounced (69)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 
 import pytest
 from hypothesis import given
@@ -81,3 +82,26 @@ def test_read_all_cap() -> None:
     assert read_all(io.BytesIO(b"x" * 10), limit=10) == b"x" * 10
     with pytest.raises(InputError):
         read_all(io.BytesIO(b"x" * 11), limit=10)
+
+
+# --- issue 12 item 7, adversarial review: paths as Exim's pipe transport writes them ----------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(b"a>b@x.example", id="unquoted-angle"),  # '"a>b"@x.example' to Exim
+        pytest.param(b"a> b@x.example", id="unquoted-angle-space"),
+        pytest.param(b'a"b>c@x.example', id="unbalanced-quote"),  # '"a\\"b>c"@x.example'
+        pytest.param(b"\xe9t\xe9@x.example", id="latin-1"),
+        pytest.param(b"a@x.example\xff", id="8-bit-domain"),
+    ],
+)
+def test_exim_paths_come_out_as_written(path: bytes) -> None:
+    """Exim's pipe transport writes ``MAIL FROM:<%s>`` and ``RCPT TO:<%s>`` with the address as
+    it holds it: local part unquoted, any octets, no parameters. The path is everything between
+    the angle brackets, decoded as argv is (surrogateescape), so the re-injection gets the very
+    octets back; it is never cut at an inner '>' nor refused (deferred until Exim bounces)."""
+    batch = parse_bsmtp(b"MAIL FROM:<" + path + b">\nRCPT TO:<" + path + b">\nDATA\nx\n.\n")
+    assert os.fsencode(batch.sender) == path
+    assert [os.fsencode(r) for r in batch.recipients] == [path]

@@ -10,7 +10,7 @@ import pytest
 
 from dnsserver import DnsServer
 from scatterguard.envelope import Envelope, parse_sender
-from scatterguard.resolver import Answer, Resolver
+from scatterguard.resolver import Answer, Resolver, Status
 from scatterguard.results import Result, SpfResult
 from scatterguard.spfcheck import MAX_REASON, OutOfTime, ResolverQuery, check_spf, spf_domain
 
@@ -533,3 +533,40 @@ def test_ptr_names_outside_the_target_domain_are_never_looked_up(
     mailfrom, _ = check_spf(resolver, envelope, query_time=2.0)
     assert mailfrom.result is PASS, mailfrom.reason
     assert not [name for name, _kind, _ in dns_server.queries if "attacker" in name]
+
+
+# --- issue 12 item 4, adversarial review: a lookup cut short by the PTR share ------------------
+
+
+class _Latency(Resolver):
+    """A resolver behind a network with latency: every lookup takes 50 ms, and the client's
+    reverse zone (the attacker's) answers only after 470 ms, just inside a 0.5 s PTR share. A
+    lookup whose timeout is shorter than its latency times out, as over a real network."""
+
+    def _lookup(self, name: str, rdtype: str) -> Answer:
+        delay = 0.47 if name.endswith(".in-addr.arpa") else 0.05
+        if delay >= self.timeout:
+            time.sleep(self.timeout)
+            return Answer(Status.TIMEOUT, detail="no answer in time")
+        time.sleep(delay)
+        return super()._lookup(name, rdtype)
+
+
+SLOW_PTR_ZONE = """
+slowptr.example. 300 IN TXT "v=spf1 ptr a:mail.slowptr.example -all"
+mail.slowptr.example. 300 IN A 198.51.100.7
+60.113.0.203.in-addr.arpa. 300 IN PTR mail.slowptr.example.
+"""
+
+
+def test_a_lookup_cut_short_by_the_ptr_share_is_not_cached(dns_server: DnsServer) -> None:
+    """The attacker's reverse zone answers just inside the PTR share and names a host of the
+    victim's domain: validating it gets what is left of the share, too little, and times out.
+    That timeout is ours, not the name's: the victim's own ``a:`` for the same host must still
+    be looked up and give ``fail``, not the cached timeout's ``temperror`` (RFC 7208 §5.5)."""
+    dns_server.records.add_text(SLOW_PTR_ZONE)
+    resolver = _Latency([(dns_server.host, dns_server.port)], timeout=0.5)
+    envelope = _envelope(Case("a@slowptr.example", "203.0.113.60", None, FAIL))
+    mailfrom, _ = check_spf(resolver, envelope, query_time=2.0)
+    assert mailfrom.result is FAIL, mailfrom.reason
+    assert not any(answer.temporary for _, answer in resolver.cache.values())

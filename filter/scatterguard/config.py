@@ -430,6 +430,10 @@ def _command(value: Any) -> tuple[str, ...]:
     if "--" not in command[:recipients]:
         # Otherwise a recipient such as "-oi@example.org" would be read as an option.
         raise ValueError('"{recipients}" must come after a "--" argument')
+    if command.index("--") != recipients - 1 or recipients != len(command) - 1:
+        # After "--" every argument is a recipient: one before or after {recipients} (a stray
+        # "-oi", an address) would get every released and delivered message too.
+        raise ValueError('"{recipients}" must be the last argument, right after "--"')
     sender = command.index("{sender}")
     if sender > command.index("--"):
         raise ValueError('"{sender}" must come before "--" (after it, it is a recipient)')
@@ -437,6 +441,17 @@ def _command(value: Any) -> tuple[str, ...]:
     if option not in _SENDER_OPTIONS and not (option.startswith("--") and len(option) > 2):
         # A bare "{sender}" is a recipient to sendmail and Exim; "-f" makes it the reverse-path.
         raise ValueError('"{sender}" must follow the option that takes it: "-f", "-r" or "--name"')
+    for index, arg in enumerate(command[1 : command.index("--")], 1):
+        if index == sender - 1:
+            continue
+        if arg[:2] in _SENDER_OPTIONS or arg[:2] == "-t":
+            # sendmail(1) and exim(8) take the last -f/-r (a second one, alone or glued to its
+            # value, replaces the reverse-path), and -t adds the recipients the message's own
+            # To/Cc/Bcc name: both would send mail where the envelope does not say.
+            raise ValueError(
+                f'{arg!r}: only the option before "{{sender}}" may set the reverse-path, and'
+                " -t (recipients from the message) is refused"
+            )
     return command
 
 

@@ -227,10 +227,22 @@ def _end(reader: _Reader, rest: bytes) -> None:
 
 
 def _path(text: bytes, what: str) -> str:
-    """The address inside ``<...>``, allowing quoted local parts; ESMTP parameters are ignored."""
+    """The address inside ``<...>``, decoded as argv is; ESMTP parameters after it are ignored.
+
+    Exim's pipe transport writes ``MAIL FROM:<%s>`` and ``RCPT TO:<%s>`` with the address as it
+    holds it: the local part unquoted (``"a>b"@x`` becomes ``a>b@x``), any octets, and nothing
+    after the ``>``. So a line that ends with ``>`` carries its path whole, up to that last
+    ``>``, whatever '>' or '"' the local part holds; only a line with parameters after the path
+    (batches not written by Exim) is scanned for the closing ``>``, quote-aware. Octets that are
+    not UTF-8 are kept as surrogate escapes, as Python keeps them in argv, so the re-injection
+    gets the same bytes back: a reverse-path the MTA accepted is filtered, never refused and
+    deferred until the MTA bounces it (issue 12 item 7).
+    """
     text = text.strip()
     if not text.startswith(b"<"):
         raise InputError(f"{what} without <...>: {_show(text)}")
+    if text.endswith(b">"):
+        return _decode(text[1:-1])
     quoted = False
     escaped = False
     for index in range(1, len(text)):
@@ -241,12 +253,14 @@ def _path(text: bytes, what: str) -> str:
             escaped = True
         elif char == b'"':
             quoted = not quoted
-        elif char == b">" and not quoted:
-            try:
-                return text[1:index].decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError(f"{what} is not UTF-8: {_show(text)}") from None
+        elif char == b">" and not quoted and text[index + 1 : index + 2].isspace():
+            return _decode(text[1:index])
     raise InputError(f"{what} has no closing '>': {_show(text)}")
+
+
+def _decode(path: bytes) -> str:
+    """A path's octets as a str, the way Python decodes argv (UTF-8, surrogate escapes)."""
+    return path.decode("utf-8", "surrogateescape")
 
 
 def _show(text: bytes) -> str:

@@ -253,7 +253,14 @@ def _within(name: str, domain: str) -> bool:
 
 
 def _query_within(resolver: Resolver, host: str, qtype: str, seconds: float) -> Answer:
-    """``resolver.query`` with its per-lookup timeout cut to ``seconds`` (same cache)."""
+    """``resolver.query`` with its per-lookup timeout cut to ``seconds`` (same cache).
+
+    A failure of the shortened lookup is ours (the PTR share was nearly spent), not the name's:
+    it is not left in the shared cache. Otherwise a reverse zone that answers just inside the
+    share would make one of the target domain's own names time out for every later lookup of
+    it (an ``a:`` or ``mx`` of the same record, the next message in a resident worker), and the
+    victim's ``fail`` would become ``temperror`` (issue 12 item 4).
+    """
     if resolver.timeout <= seconds:
         return resolver.query(host, qtype)
     # A shallow copy shares the cache; only the timeout differs.
@@ -261,9 +268,15 @@ def _query_within(resolver: Resolver, host: str, qtype: str, seconds: float) -> 
     bounded.timeout = seconds
     before = bounded.lookups
     try:
-        return bounded.query(host, qtype)
+        answer = bounded.query(host, qtype)
     finally:
         resolver.lookups += bounded.lookups - before
+    if answer.temporary:
+        key = (host.lower().rstrip("."), qtype.upper())
+        cached = resolver.cache.get(key)
+        if cached is not None and cached[1] is answer:
+            del resolver.cache[key]
+    return answer
 
 
 def _shape(qtype: str, record: Any) -> Any:

@@ -129,11 +129,16 @@ def message(data: bytes) -> None:
 
 def restuff(sender: str, recipients: tuple[str, ...], data: bytes) -> bytes:
     """Write a batch back as Exim's use_bsmtp does: dot-stuffed, ended by a lone dot."""
-    lines = [f"MAIL FROM:<{sender}>".encode(), *(f"RCPT TO:<{r}>".encode() for r in recipients)]
+    # Paths keep octets that are not UTF-8 as surrogate escapes (as argv does): write them back.
+    lines = [_octets(f"MAIL FROM:<{sender}>"), *(_octets(f"RCPT TO:<{r}>") for r in recipients)]
     # Lines end at LF only, as in intake; bytes.splitlines() would also split at a bare CR.
     lines += [b"DATA"]
     body = b"".join(b"." + line if line.startswith(b".") else line for line in _lf_lines(data))
     return b"\n".join([*lines, b""]) + body + b".\n"
+
+
+def _octets(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _lf_lines(data: bytes) -> list[bytes]:
@@ -148,7 +153,7 @@ def bsmtp(data: bytes) -> None:
         return
     assert batch.recipients
     assert all(isinstance(r, str) for r in (batch.sender, *batch.recipients))
-    if b"\n" in (batch.sender + "".join(batch.recipients)).encode():
+    if b"\n" in _octets(batch.sender + "".join(batch.recipients)):
         return  # a path with LF cannot be written back on one line; the envelope refuses it
     if batch.data and not batch.data.endswith(b"\n"):
         return  # the writer would add a line ending (as Exim does)
