@@ -35,6 +35,7 @@ import scatterguard
 from dnsserver import DnsServer
 from hostile import HostileHandover
 from scatterguard import config as config_mod
+from scatterguard import handover
 from scatterguard.errors import ConfigError
 from scatterguard.server import REFUSED_STATUS
 from test_filter import ZONE, Filter, envelope, message, wait_until
@@ -801,3 +802,38 @@ def test_hostile_handover(served: tuple[Filter, Server], name: str) -> None:
     ]
     assert len(mta.sendmail.calls) == (2 if case.expect == hostile.DELIVER else 1), hostile_copies
     assert mta.entries() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial review of the hand-over (issue12-attack2): variants of items 2, 3 and 9.
+
+
+def test_a_relative_socket_path_is_unsafe_wherever_it_is_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative server.socket resolves against whatever directory the process runs in.
+
+    The filter's fast path reads the raw configuration and ``serve --socket`` bypasses it; with
+    ``sg.sock`` only "/" was checked, so a client whose working directory others may write to
+    (or a server started there) used a socket anyone could have put there.
+    """
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.chdir(shared)
+    trusted = handover.trusted_uids("")
+    for path in ("sg.sock", "./sg.sock", "sub/sg.sock", "../shared/sg.sock"):
+        reason = handover.unsafe_directory(path, trusted)
+        assert reason is not None, path
+        assert "absolute" in reason
+    done = subprocess.run(
+        [sys.executable, "-m", "scatterguard", "serve", "--socket", "sg.sock"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "server.socket" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (shared / "sg.sock").exists()

@@ -150,8 +150,11 @@ def unsafe_directory(path: str, trusted: Collection[int]) -> str | None:
     last existing one, when the rest is still to be created) must be writable by its owner
     alone; one further up may be writable by others only with the sticky bit (as /tmp), which
     keeps them from replacing the trusted directory below it. Symbolic links are checked where
-    they stand and where they lead.
+    they stand and where they lead. A relative path is unsafe: it names a socket in whatever
+    directory the process happens to run in (the MTA's, for the filter), which nobody checked.
     """
+    if not os.path.isabs(path):
+        return f"{path!r} is not an absolute path, so it depends on the working directory"
     directory = os.path.dirname(path) or "/"
     for candidate in dict.fromkeys((directory, os.path.realpath(directory))):
         reason = _unsafe_chain(candidate, trusted)
