@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import copy
 import json
+import math
 import os
 import pwd
 import re
@@ -837,3 +838,23 @@ def test_a_relative_socket_path_is_unsafe_wherever_it_is_resolved(
     assert "server.socket" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (shared / "sg.sock").exists()
+
+
+@pytest.mark.parametrize("key", ["timeout", "dns.timeout", "reinject.timeout"])
+@pytest.mark.parametrize(
+    "value",
+    [math.nan, math.inf, 1e10, "100000000d", 86401],
+    ids=["nan", "inf", "1e10", "d", "day+1"],
+)
+def test_config_refuses_a_timeout_no_clock_can_keep(key: str, value: object) -> None:
+    """A timeout that is not finite or beyond a day is a configuration error naming the key.
+
+    Such a timeout was accepted (``check`` exited 0), yet no timer can hold it (settimeout and
+    setitimer raise, NaN compares false): every message deferred until the MTA gave up and
+    bounced it to a reverse-path nobody verified.
+    """
+    section, _, name = key.rpartition(".")
+    data: dict[str, object] = {name: value} if not section else {section: {name: value}}
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        config_mod.parse(data)
+    assert config_mod.parse({"timeout": 86400}).timeout == 86400

@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/scatterguard/scatterguard.toml"
 DEFAULT_SOCKET = "/run/scatterguard/scatterguard.sock"
 DEFAULT_TIMEOUT = 300.0
+# The longest timeout the configuration accepts (a day; the MTAs' own limits are far shorter).
+MAX_TIMEOUT = 86400.0
 # The user the packaged server runs as (scatterguard.service), whose server a client trusts.
 DEFAULT_USER = "scatterguard"
 VERSION = 2
