@@ -858,3 +858,39 @@ def test_config_refuses_a_timeout_no_clock_can_keep(key: str, value: object) -> 
     with pytest.raises(ConfigError, match=re.escape(key)):
         config_mod.parse(data)
     assert config_mod.parse({"timeout": 86400}).timeout == 86400
+
+
+def test_a_descriptor_that_is_no_stream_defers_and_the_worker_survives(
+    served: tuple[Filter, Server], tmp_path: Path
+) -> None:
+    """An allowed peer that passes a directory instead of a pipe: one 75, the same worker.
+
+    ``os.fdopen`` of a directory raises outside every handler, so the worker died (and, dying
+    early, cost the next hand-over a second of restart back-off).
+    """
+    mta, server = served
+    before = _started_workers(server)
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        peer.connect(server.socket)
+        request = {
+            "v": 2,
+            "argv": ["filter", "-f", "alice@sender.example", "--", "bob@example.net"],
+            "env": {},
+            "deadline": time.monotonic() + 20,
+            "timeout": 20,
+        }
+        fds = array.array("i", [directory])
+        peer.sendmsg([_frame(request)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        peer.settimeout(15)
+        received = b""
+        while chunk := peer.recv(65536):
+            received += chunk
+    finally:
+        peer.close()
+        os.close(directory)
+    assert received == _frame({"code": 75, "status": REFUSED_STATUS})
+    time.sleep(0.5)
+    assert server.workers() == before
+    assert mta.run(envelope("alice@sender.example", "192.0.2.5"), message()).returncode == 0
