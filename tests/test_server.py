@@ -821,6 +821,9 @@ def test_a_relative_socket_path_is_unsafe_wherever_it_is_resolved(
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
+    # A relative PYTHONPATH (the Debian run's "filter:tests") must survive the chdir.
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in paths if p)}
     monkeypatch.chdir(shared)
     trusted = handover.trusted_uids("")
     for path in ("sg.sock", "./sg.sock", "sub/sg.sock", "../shared/sg.sock"):
@@ -831,6 +834,7 @@ def test_a_relative_socket_path_is_unsafe_wherever_it_is_resolved(
         [sys.executable, "-m", "scatterguard", "serve", "--socket", "sg.sock"],
         capture_output=True,
         text=True,
+        env=environ,
         timeout=60,
         check=False,
     )
