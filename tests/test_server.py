@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import copy
 import json
+import math
 import os
 import pwd
 import re
@@ -35,6 +36,7 @@ import scatterguard
 from dnsserver import DnsServer
 from hostile import HostileHandover
 from scatterguard import config as config_mod
+from scatterguard import handover
 from scatterguard.errors import ConfigError
 from scatterguard.server import REFUSED_STATUS
 from test_filter import ZONE, Filter, envelope, message, wait_until
@@ -801,3 +803,98 @@ def test_hostile_handover(served: tuple[Filter, Server], name: str) -> None:
     ]
     assert len(mta.sendmail.calls) == (2 if case.expect == hostile.DELIVER else 1), hostile_copies
     assert mta.entries() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Adversarial review of the hand-over (issue12-attack2): variants of items 2, 3 and 9.
+
+
+def test_a_relative_socket_path_is_unsafe_wherever_it_is_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative server.socket resolves against whatever directory the process runs in.
+
+    The filter's fast path reads the raw configuration and ``serve --socket`` bypasses it; with
+    ``sg.sock`` only "/" was checked, so a client whose working directory others may write to
+    (or a server started there) used a socket anyone could have put there.
+    """
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    # A relative PYTHONPATH (the Debian run's "filter:tests") must survive the chdir.
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in paths if p)}
+    monkeypatch.chdir(shared)
+    trusted = handover.trusted_uids("")
+    for path in ("sg.sock", "./sg.sock", "sub/sg.sock", "../shared/sg.sock"):
+        reason = handover.unsafe_directory(path, trusted)
+        assert reason is not None, path
+        assert "absolute" in reason
+    done = subprocess.run(
+        [sys.executable, "-m", "scatterguard", "serve", "--socket", "sg.sock"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "server.socket" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (shared / "sg.sock").exists()
+
+
+@pytest.mark.parametrize("key", ["timeout", "dns.timeout", "reinject.timeout"])
+@pytest.mark.parametrize(
+    "value",
+    [math.nan, math.inf, 1e10, "100000000d", 86401],
+    ids=["nan", "inf", "1e10", "d", "day+1"],
+)
+def test_config_refuses_a_timeout_no_clock_can_keep(key: str, value: object) -> None:
+    """A timeout that is not finite or beyond a day is a configuration error naming the key.
+
+    Such a timeout was accepted (``check`` exited 0), yet no timer can hold it (settimeout and
+    setitimer raise, NaN compares false): every message deferred until the MTA gave up and
+    bounced it to a reverse-path nobody verified.
+    """
+    section, _, name = key.rpartition(".")
+    data: dict[str, object] = {name: value} if not section else {section: {name: value}}
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        config_mod.parse(data)
+    assert config_mod.parse({"timeout": 86400}).timeout == 86400
+
+
+def test_a_descriptor_that_is_no_stream_defers_and_the_worker_survives(
+    served: tuple[Filter, Server], tmp_path: Path
+) -> None:
+    """An allowed peer that passes a directory instead of a pipe: one 75, the same worker.
+
+    ``os.fdopen`` of a directory raises outside every handler, so the worker died (and, dying
+    early, cost the next hand-over a second of restart back-off).
+    """
+    mta, server = served
+    before = _started_workers(server)
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        peer.connect(server.socket)
+        request = {
+            "v": 2,
+            "argv": ["filter", "-f", "alice@sender.example", "--", "bob@example.net"],
+            "env": {},
+            "deadline": time.monotonic() + 20,
+            "timeout": 20,
+        }
+        fds = array.array("i", [directory])
+        peer.sendmsg([_frame(request)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        peer.settimeout(15)
+        received = b""
+        while chunk := peer.recv(65536):
+            received += chunk
+    finally:
+        peer.close()
+        os.close(directory)
+    assert received == _frame({"code": 75, "status": REFUSED_STATUS})
+    time.sleep(0.5)
+    assert server.workers() == before
+    assert mta.run(envelope("alice@sender.example", "192.0.2.5"), message()).returncode == 0

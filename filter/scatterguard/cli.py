@@ -266,7 +266,9 @@ def _hand_over(argv: Sequence[str]) -> tuple[int, str | None] | None:
         user = handover.DEFAULT_USER
     except (OSError, ValueError, TypeError, AttributeError):
         return None
-    if not isinstance(socket_path, str) or not isinstance(user, str) or timeout <= 0:
+    if not isinstance(socket_path, str) or not isinstance(user, str):
+        return None
+    if not 0 < timeout <= handover.MAX_TIMEOUT:  # NaN too: the full path names the key
         return None
     go_by = time.monotonic() + timeout
     answer_by = go_by + min(10.0, 1.0 + timeout / 10)

@@ -303,10 +303,18 @@ def _count(value: Any) -> int:
 
 
 def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
+    """A timeout: above zero, finite and at most a day.
+
+    Timers cannot hold more (settimeout and setitimer raise past ~292 years, NaN compares
+    false); a timeout no timer keeps would defer every message until the MTA bounces it.
+    """
+
     def check(value: Any) -> float:
         number = convert(value)
-        if number <= 0:
-            raise ValueError(f"must be greater than zero, got {value!r}")
+        if not 0 < number <= handover.MAX_TIMEOUT:  # NaN fails this too
+            raise ValueError(
+                f"must be greater than zero and at most {handover.MAX_TIMEOUT:g}s, got {value!r}"
+            )
         return number
 
     return check

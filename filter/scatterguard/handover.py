@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/scatterguard/scatterguard.toml"
 DEFAULT_SOCKET = "/run/scatterguard/scatterguard.sock"
 DEFAULT_TIMEOUT = 300.0
+# The longest timeout the configuration accepts (a day; the MTAs' own limits are far shorter).
+MAX_TIMEOUT = 86400.0
 # The user the packaged server runs as (scatterguard.service), whose server a client trusts.
 DEFAULT_USER = "scatterguard"
 VERSION = 2
@@ -150,8 +152,11 @@ def unsafe_directory(path: str, trusted: Collection[int]) -> str | None:
     last existing one, when the rest is still to be created) must be writable by its owner
     alone; one further up may be writable by others only with the sticky bit (as /tmp), which
     keeps them from replacing the trusted directory below it. Symbolic links are checked where
-    they stand and where they lead.
+    they stand and where they lead. A relative path is unsafe: it names a socket in whatever
+    directory the process happens to run in (the MTA's, for the filter), which nobody checked.
     """
+    if not os.path.isabs(path):
+        return f"{path!r} is not an absolute path, so it depends on the working directory"
     directory = os.path.dirname(path) or "/"
     for candidate in dict.fromkeys((directory, os.path.realpath(directory))):
         reason = _unsafe_chain(candidate, trusted)

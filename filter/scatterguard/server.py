@@ -234,7 +234,18 @@ def handle(
             conn.settimeout(0.0)
             handover.answer(conn, EX_TEMPFAIL, REFUSED_STATUS)
         return
-    with os.fdopen(request.stdin_fd, "rb") as stdin:
+    try:
+        stdin = os.fdopen(request.stdin_fd, "rb")
+    except OSError as exc:
+        # A directory, say: no message to read. Refused, and the worker lives on.
+        with contextlib.suppress(OSError):
+            os.close(request.stdin_fd)
+        logger.info("handover", action="refused", uid=uid, pid=pid, error=pipeline.describe(exc))
+        with contextlib.suppress(OSError):
+            conn.settimeout(0.0)
+            handover.answer(conn, EX_TEMPFAIL, REFUSED_STATUS)
+        return
+    with stdin:
         left = min(request.left(), own_deadline - time.monotonic())
         if left < handover.MIN_LEFT or handover.hung_up(conn):
             # It waited in the listen queue while its client gave up (or went away): its
