@@ -185,3 +185,19 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     path.write_text("this is = = not toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(path)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(float("inf"), id="inf"),
+        pytest.param(-1, id="negative"),
+    ],
+)
+def test_defer_max_age_must_be_a_real_age(value: float) -> None:
+    """``defer_max_age = nan`` compares false with every age, so the filter would defer a message
+    with an open outcome forever, until the MTA bounces it to a sender nobody verified; an
+    infinite or negative age is no age either. Each is an error naming the key."""
+    with pytest.raises(ConfigError, match="defer_max_age"):
+        config.parse({"defer_max_age": value})

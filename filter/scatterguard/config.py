@@ -8,6 +8,7 @@ unknown key and every bad value is a :class:`ConfigError` that names the key.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -160,7 +161,7 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
     config = Config(
         authserv_id=table.get("authserv_id", _authserv_id, None) or socket.getfqdn(),
         trusted_networks=table.get("trusted_networks", _networks, Config.trusted_networks),
-        defer_max_age=table.get("defer_max_age", _duration, Config.defer_max_age),
+        defer_max_age=table.get("defer_max_age", _age, Config.defer_max_age),
         timeout=table.get("timeout", _positive(_duration), Config.timeout),
         dns=table.section("dns", _dns),
         dkim=table.section("dkim", _dkim),
@@ -323,6 +324,15 @@ def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
 def _duration(value: Any) -> float:
     """Seconds as a number, or a string such as ``"30s"``, ``"5m"``, ``"4h"``, ``"2d"``."""
     return duration.parse(value)
+
+
+def _age(value: Any) -> float:
+    """A finite, non-negative duration: NaN or infinity would make an age never pass it, and a
+    message with an open outcome would be deferred until the MTA bounces it."""
+    seconds = _duration(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("must be a finite duration of zero or more")
+    return seconds
 
 
 def _size(value: Any) -> int:
