@@ -130,8 +130,8 @@ class Server:
     """``scatterguard serve`` for one interpreter, in a cgroup of its own.
 
     HOOK (issue 8): this is how the benchmark starts the resident server. It follows
-    filter/scatterguard/cli.py: ``scatterguard --config FILE serve``, with the socket and the
-    worker count in the ``[server]`` table of that file; ``filter`` with the same file hands its
+    filter/scatterguard/frontends/cli.py: ``scatterguard --config FILE serve``, with the socket and
+    the worker count in the ``[server]`` table of that file; ``filter`` with the same file hands its
     messages to the socket. If the lead changes how the server is started, change only this class.
     """
 

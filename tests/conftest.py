@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from dnsserver import DnsServer
-from scatterguard.resolver import Resolver
+from scatterguard.checks.resolver import Resolver
 
 
 @pytest.fixture(scope="session")

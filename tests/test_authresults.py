@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scatterguard.authresults import ours, render
-from scatterguard.message import Message
-from scatterguard.results import AuthReport, DkimResult, DmarcResult, Policy, Result, SpfResult
+from scatterguard.core.authresults import ours, render
+from scatterguard.core.message import Message
+from scatterguard.core.results import AuthReport, DkimResult, DmarcResult, Policy, Result, SpfResult
 
 CONTEXT = authres.FeatureContext(authres.dmarc)
 

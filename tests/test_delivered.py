@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scatterguard.delivered import KEEP_HOURS, DeliveryRecord
-from scatterguard.envelope import Envelope, from_values
+from scatterguard.actions.delivery import KEEP_HOURS, DeliveryRecord
+from scatterguard.core.envelope import Envelope, from_values
 from scatterguard.errors import QuarantineError, ReinjectError
 
 

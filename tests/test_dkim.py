@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnsserver import DnsServer
-from scatterguard.config import DkimConfig
-from scatterguard.dkimcheck import (
+from scatterguard.checks.dkim import (
     MAX_REASON,
     MAX_SIGNED_FIELDS,
     _content_end,
@@ -25,9 +24,10 @@ from scatterguard.dkimcheck import (
     check_dkim,
     crlf,
 )
-from scatterguard.message import Message
-from scatterguard.resolver import Answer, Resolver
-from scatterguard.results import DkimResult, Result
+from scatterguard.checks.resolver import Answer, Resolver
+from scatterguard.config import DkimConfig
+from scatterguard.core.message import Message
+from scatterguard.core.results import DkimResult, Result
 from signing import Signer, key, sample_message
 
 PASS, FAIL, NEUTRAL = Result.PASS, Result.FAIL, Result.NEUTRAL
@@ -589,9 +589,9 @@ def test_unsigned_and_oversized_mail_do_not_import_dkimpy() -> None:
         """
         import sys
         from scatterguard.config import DkimConfig
-        from scatterguard.dkimcheck import check_dkim
-        from scatterguard.message import Message
-        from scatterguard.resolver import Resolver
+        from scatterguard.checks.dkim import check_dkim
+        from scatterguard.core.message import Message
+        from scatterguard.checks.resolver import Resolver
         resolver = Resolver([("127.0.0.1", 9)], timeout=0.1)
         assert check_dkim(resolver, Message(b"From: a@b.example\\n\\nhi\\n"), DkimConfig()) == ()
         big = Message(b"DKIM-Signature: v=1; d=b.example\\nFrom: a@b.example\\n\\n" + b"x" * 100)

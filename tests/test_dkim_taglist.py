@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 from dkimforge import forge
 from dnsserver import DnsServer
+from scatterguard.checks.dkim import TagListError, check_dkim, parse_tag_list
+from scatterguard.checks.resolver import Resolver
 from scatterguard.config import DkimConfig
-from scatterguard.dkimcheck import TagListError, check_dkim, parse_tag_list
-from scatterguard.message import Message
-from scatterguard.resolver import Resolver
-from scatterguard.results import DkimResult, Result
+from scatterguard.core.message import Message
+from scatterguard.core.results import DkimResult, Result
 from signing import Signer, sample_message
 from test_filter import Filter
 

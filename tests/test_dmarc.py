@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnsserver import DnsServer
-from scatterguard.dmarc import (
+from scatterguard.checks.dmarc import (
     MAX_AUTHOR_DOMAINS,
     OrgDomains,
     aligned,
@@ -24,10 +24,10 @@ from scatterguard.dmarc import (
     parse_record,
     walk_names,
 )
-from scatterguard.envelope import Address
-from scatterguard.message import Message
-from scatterguard.resolver import Resolver
-from scatterguard.results import DkimResult, Policy, Result, SpfResult
+from scatterguard.checks.resolver import Resolver
+from scatterguard.core.envelope import Address
+from scatterguard.core.message import Message
+from scatterguard.core.results import DkimResult, Policy, Result, SpfResult
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.

@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 
 from dnsserver import DnsServer
-from scatterguard import envelope as envelope_mod
 from scatterguard import pipeline
+from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config, DnsConfig
-from scatterguard.message import Message
-from scatterguard.resolver import Resolver
-from scatterguard.results import AuthReport
+from scatterguard.core import envelope as envelope_mod
+from scatterguard.core.message import Message
+from scatterguard.core.results import AuthReport
 from signing import Signer, sample_message
 from test_filter import AUTHSERV, Filter
 

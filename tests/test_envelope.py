@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scatterguard.envelope import from_values, parse_sender
+from scatterguard.core.envelope import from_values, parse_sender
 from scatterguard.errors import UsageError
 
 

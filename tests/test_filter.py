@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 from dates import RECEIVED_DATE
 from dnsserver import DnsServer
 from fakes import FakeSendmail
+from scatterguard.actions.quarantine.directory import Store
+from scatterguard.checks.resolver import Answer, Resolver
 from scatterguard.config import Config, QuarantineConfig
-from scatterguard.envelope import from_values
-from scatterguard.message import Payload
+from scatterguard.core.envelope import from_values
+from scatterguard.core.message import Payload
 from scatterguard.pipeline import Outcome, run_filter
-from scatterguard.quarantine import Store
-from scatterguard.resolver import Answer, Resolver
 
 ZONE = """
 sender.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"

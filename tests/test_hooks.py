@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from scatterguard import envelope
-from scatterguard.cli import build_parser
 from scatterguard.config import Config
+from scatterguard.core import envelope
+from scatterguard.frontends.cli import build_parser
 
 HOOKS = Path(__file__).resolve().parent.parent / "hooks"
 POSTFIX_MASTER = HOOKS / "postfix" / "master.cf"

@@ -32,13 +32,14 @@ import pytest
 import hostile
 from dnsserver import DnsServer
 from hostile import BOUNCE, DEFER, DELIVER, EXIT_CODES, QUARANTINE, HostileMessage
-from scatterguard import envelope as envelope_mod
-from scatterguard import intake, pipeline
+from scatterguard import pipeline
+from scatterguard.actions.quarantine.directory import Store
+from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config, DkimConfig, DnsConfig
-from scatterguard.envelope import Envelope
-from scatterguard.message import MAX_HEADER_FIELDS, Message, Payload
-from scatterguard.quarantine import Store
-from scatterguard.resolver import Resolver
+from scatterguard.core import envelope as envelope_mod
+from scatterguard.core.envelope import Envelope
+from scatterguard.core.message import MAX_HEADER_FIELDS, Message, Payload
+from scatterguard.frontends import intake
 from signing import Signer
 from test_filter import Filter
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scatterguard.errors import InputError
-from scatterguard.intake import parse_bsmtp, read_all
+from scatterguard.frontends.intake import parse_bsmtp, read_all
 
 
 @pytest.mark.parametrize(

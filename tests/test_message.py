@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scatterguard.message import Message
+from scatterguard.core.message import Message
 
 
 @pytest.mark.parametrize(

@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 
 from dates import RECEIVED_DATE
 from fakes import FakeSendmail
-from scatterguard import quarantine
-from scatterguard.envelope import Address, Envelope
+from scatterguard.actions.quarantine import directory as quarantine
+from scatterguard.actions.quarantine.directory import Metadata, NotFound, Store
+from scatterguard.actions.reinject import CommandReinjector
+from scatterguard.core.envelope import Address, Envelope
+from scatterguard.core.message import Payload
+from scatterguard.core.verdict import Action, Decision
 from scatterguard.errors import QuarantineError
-from scatterguard.message import Payload
-from scatterguard.quarantine import Metadata, NotFound, Store
-from scatterguard.reinject import CommandReinjector
-from scatterguard.verdict import Action, Decision
 
 T0 = datetime(2026, 11, 27, 6, 0, 0, tzinfo=UTC)
 AR = (
@@ -335,7 +335,7 @@ def test_read_only_directory_fails_cleanly(store: Store) -> None:
 FULL_DISK = """
 import resource, signal, sys
 from datetime import datetime, timezone
-from scatterguard.quarantine import Metadata, Store
+from scatterguard.actions.quarantine.directory import Metadata, Store
 from scatterguard.errors import QuarantineError
 # The device is "full" past 4 KiB for this process: writes fail with EFBIG, as they would with
 # ENOSPC, and that works for root too. SIGXFSZ would kill us instead of failing the write.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dnsserver import DnsServer
-from scatterguard.resolver import Resolver, Status
+from scatterguard.checks.resolver import Resolver, Status
 
 
 @pytest.mark.parametrize(

@@ -36,9 +36,9 @@ import scatterguard
 from dnsserver import DnsServer
 from hostile import HostileHandover
 from scatterguard import config as config_mod
-from scatterguard import handover
+from scatterguard import trust
 from scatterguard.errors import ConfigError
-from scatterguard.server import REFUSED_STATUS
+from scatterguard.frontends.server import REFUSED_STATUS
 from test_filter import ZONE, Filter, envelope, message, wait_until
 
 
@@ -825,9 +825,9 @@ def test_a_relative_socket_path_is_unsafe_wherever_it_is_resolved(
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in paths if p)}
     monkeypatch.chdir(shared)
-    trusted = handover.trusted_uids("")
+    trusted = trust.trusted_uids("")
     for path in ("sg.sock", "./sg.sock", "sub/sg.sock", "../shared/sg.sock"):
-        reason = handover.unsafe_directory(path, trusted)
+        reason = trust.unsafe_directory(path, trusted)
         assert reason is not None, path
         assert "absolute" in reason
     done = subprocess.run(

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import pytest
 
 from dnsserver import DnsServer
-from scatterguard.envelope import Envelope, parse_sender
-from scatterguard.resolver import Answer, Resolver, Status
-from scatterguard.results import Result, SpfResult
-from scatterguard.spfcheck import MAX_REASON, OutOfTime, ResolverQuery, check_spf, spf_domain
+from scatterguard.checks.resolver import Answer, Resolver, Status
+from scatterguard.checks.spf import MAX_REASON, OutOfTime, ResolverQuery, check_spf, spf_domain
+from scatterguard.core.envelope import Envelope, parse_sender
+from scatterguard.core.results import Result, SpfResult
 
 PASS, FAIL, SOFTFAIL, NEUTRAL = Result.PASS, Result.FAIL, Result.SOFTFAIL, Result.NEUTRAL
 NONE, TEMPERROR, PERMERROR = Result.NONE, Result.TEMPERROR, Result.PERMERROR

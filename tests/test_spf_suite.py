@@ -34,10 +34,10 @@ import dns.rdatatype
 import pytest
 
 from dnsserver import DnsServer
-from scatterguard.envelope import Envelope, parse_sender
+from scatterguard.checks.resolver import Resolver
+from scatterguard.checks.spf import check_spf, evaluate
+from scatterguard.core.envelope import Envelope, parse_sender
 from scatterguard.errors import UsageError
-from scatterguard.resolver import Resolver
-from scatterguard.spfcheck import check_spf, evaluate
 
 _REPO = Path(__file__).resolve().parents[1]
 SUITE = Path(

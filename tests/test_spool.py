@@ -27,7 +27,13 @@ from hypothesis import strategies as st
 from dates import RECEIVED_DATE
 from dnsserver import DnsServer
 from fakes import FakeSendmail
-from scatterguard import cli, intake, pipeline, spool
+from scatterguard import pipeline
+from scatterguard.actions import spool
+from scatterguard.actions.delivery import DeliveryRecord
+from scatterguard.actions.quarantine.directory import Metadata, Store, entry_id
+from scatterguard.actions.reinject import CommandReinjector
+from scatterguard.actions.spool import Spool, SpoolFile
+from scatterguard.checks.resolver import Resolver
 from scatterguard.config import (
     Config,
     DkimConfig,
@@ -35,14 +41,10 @@ from scatterguard.config import (
     QuarantineConfig,
     ReinjectConfig,
 )
-from scatterguard.delivered import DeliveryRecord
-from scatterguard.envelope import from_values
+from scatterguard.core.envelope import from_values
+from scatterguard.core.message import Message, Payload, Spooled
 from scatterguard.errors import InputError, QuarantineError, ReinjectError, SpoolError
-from scatterguard.message import Message, Payload
-from scatterguard.quarantine import Metadata, Store, entry_id
-from scatterguard.reinject import CommandReinjector
-from scatterguard.resolver import Resolver
-from scatterguard.spool import Spool, Spooled
+from scatterguard.frontends import cli, intake
 from signing import Signer, sample_message
 
 AUTHSERV = "mx.rcpt.example"
@@ -69,7 +71,7 @@ def spooled(data: bytes, directory: Path) -> Spooled:
     sink = Spool(lambda: directory, threshold=0)
     sink.write(data)
     result = sink.finish()
-    assert isinstance(result, Spooled)
+    assert isinstance(result, SpoolFile)
     return result
 
 
@@ -123,7 +125,7 @@ def test_large_message_is_spooled_anonymously(tmp_path: Path, name: str) -> None
     """Above the threshold the bytes are in a file without a name, mapped read-only."""
     data = TRICKY[name]
     got = intake.read_message(io.BytesIO(data), lambda: tmp_path, threshold=100)
-    assert isinstance(got, Spooled)
+    assert isinstance(got, SpoolFile)
     with got:
         assert got.view[:] == data
         assert got.size == len(data)
@@ -160,7 +162,7 @@ def test_bsmtp_unstuffed_into_spool(tmp_path: Path, name: str, eol: bytes, thres
     if threshold == 10**9:
         assert batch.data == expected
     else:
-        assert isinstance(batch.data, Spooled)
+        assert isinstance(batch.data, SpoolFile)
         with batch.data:
             assert batch.data.view[:] == expected
 
@@ -239,7 +241,7 @@ def test_streaming_bsmtp_matches_the_whole_bytes_parser(
         def streamed() -> tuple[str, tuple[str, ...], bytes]:
             batch = intake.read_bsmtp(io.BytesIO(stream), lambda: directory, None, threshold)
             data = batch.data
-            if isinstance(data, Spooled):
+            if isinstance(data, SpoolFile):
                 with data:
                     return batch.sender, batch.recipients, data.view[:]
             return batch.sender, batch.recipients, data

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scatterguard.envelope import Address, Envelope
-from scatterguard.results import AuthReport, DmarcResult, Policy, Result, SpfResult
-from scatterguard.verdict import Action, Knobs, decide, effective_policy
+from scatterguard.core.envelope import Address, Envelope
+from scatterguard.core.results import AuthReport, DmarcResult, Policy, Result, SpfResult
+from scatterguard.core.verdict import Action, Knobs, decide, effective_policy
 
 KNOBS = Knobs(trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),), defer_max_age=4 * 3600)
 SENDER = Address("alice@sender.example", "alice", "sender.example")

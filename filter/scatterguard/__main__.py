@@ -2,6 +2,6 @@
 
 import sys
 
-from scatterguard.cli import main
+from scatterguard.frontends.cli import main
 
 sys.exit(main())

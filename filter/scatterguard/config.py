@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from scatterguard import duration, handover
+from scatterguard import defaults, duration, trust
 from scatterguard.errors import ConfigError
 
-DEFAULT_PATH = Path(handover.DEFAULT_CONFIG)
+DEFAULT_PATH = Path(defaults.DEFAULT_CONFIG)
 ENV_VAR = "SCATTERGUARD_CONFIG"
 DEFAULT_REINJECT = ("/usr/sbin/sendmail", "-G", "-i", "-f", "{sender}", "--", "{recipients}")
 
@@ -81,10 +81,10 @@ class ServerConfig:
     is absent (or ``socket`` is empty), ``filter`` does the work in-process.
     """
 
-    socket: str = handover.DEFAULT_SOCKET
+    socket: str = defaults.DEFAULT_SOCKET
     # The user the server runs as: ``filter`` hands its stdin only to a server running as this
     # user, as root, or as its own user; the socket's directories must belong to one of them.
-    user: str = handover.DEFAULT_USER
+    user: str = defaults.DEFAULT_USER
     workers: int = 0  # 0: one per CPU
     # Users whose processes may hand messages over (SO_PEERCRED), besides root and the server's
     # own user (the one Postfix's and Exim's hooks run the filter as).
@@ -101,7 +101,7 @@ class Config:
         ipaddress.ip_network("::1/128"),
     )
     defer_max_age: float = 4 * 3600.0
-    timeout: float = handover.DEFAULT_TIMEOUT
+    timeout: float = defaults.DEFAULT_TIMEOUT
     dns: DnsConfig = DnsConfig()
     dkim: DkimConfig = DkimConfig()
     reinject: ReinjectConfig = ReinjectConfig()
@@ -265,7 +265,7 @@ def _socket_path(user: str) -> Callable[[Any], str]:
             raise ValueError("a UNIX socket path must be shorter than 108 bytes")
         # Whoever may write the socket's directory may listen there in the server's stead and
         # read every message handed over (the client checks the server's uid as well).
-        reason = handover.unsafe_directory(text, handover.trusted_uids(user)) if text else None
+        reason = trust.unsafe_directory(text, trust.trusted_uids(user)) if text else None
         if reason is not None:
             raise ValueError(f"{text!r} is unsafe: {reason}")
         return text
@@ -312,9 +312,9 @@ def _positive(convert: Callable[[Any], float]) -> Callable[[Any], float]:
 
     def check(value: Any) -> float:
         number = convert(value)
-        if not 0 < number <= handover.MAX_TIMEOUT:  # NaN fails this too
+        if not 0 < number <= defaults.MAX_TIMEOUT:  # NaN fails this too
             raise ValueError(
-                f"must be greater than zero and at most {handover.MAX_TIMEOUT:g}s, got {value!r}"
+                f"must be greater than zero and at most {defaults.MAX_TIMEOUT:g}s, got {value!r}"
             )
         return number
 

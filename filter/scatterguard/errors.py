@@ -1,6 +1,7 @@
 """The exception tree of scatterguard: our own breakage, never a check's outcome.
 
-Outcomes of checks (a DNS timeout, a failed signature) are values in :mod:`scatterguard.results`.
+Outcomes of checks (a DNS timeout, a failed signature) are values in
+:mod:`scatterguard.core.results`.
 Exceptions are for things that stop us from doing our job; the CLI maps each to one exit code::
 
     ScatterguardError                 filter: 75 (the MTA retries), other commands: 2 or 1

@@ -18,10 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, BinaryIO, Protocol
 
-from scatterguard import authresults, verdict
+from scatterguard.actions.delivery import DeliveryRecord
+from scatterguard.actions.reinject import Reinjector
+from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config
-from scatterguard.delivered import DeliveryRecord
-from scatterguard.envelope import Envelope, from_values
+from scatterguard.core import authresults, verdict
+from scatterguard.core.envelope import Envelope, from_values
+from scatterguard.core.message import Message, Spooled
+from scatterguard.core.results import AuthReport
+from scatterguard.core.verdict import Action, Decision
 from scatterguard.errors import (
     EX_OK,
     EX_TEMPFAIL,
@@ -31,12 +36,6 @@ from scatterguard.errors import (
     ScatterguardError,
 )
 from scatterguard.journal import Logger
-from scatterguard.message import Message
-from scatterguard.reinject import Reinjector
-from scatterguard.resolver import Resolver
-from scatterguard.results import AuthReport
-from scatterguard.spool import Spooled
-from scatterguard.verdict import Action, Decision
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class Evaluation:
 
 
 class QuarantineStore(Protocol):
-    """Where quarantined messages go (see :mod:`scatterguard.quarantine`)."""
+    """Where quarantined messages go (see :mod:`scatterguard.actions.quarantine.directory`)."""
 
     def add(
         self,
@@ -93,7 +92,7 @@ def evaluate(
     now: float,
 ) -> Evaluation:
     """Run the checks and decide; acts on nothing."""
-    from scatterguard import checks  # deferred: pulls in the check libraries
+    from scatterguard.checks import report as checks  # deferred: pulls in the check libraries
 
     report = checks.run(resolver, message, envelope, config)
     knobs = verdict.Knobs(config.trusted_networks, config.defer_max_age)
@@ -217,7 +216,8 @@ def run_filter(
 
     ``confirm``, when given, is called right before anything is acted on (or answered as done);
     when it raises, nothing is, and the message is deferred. The resident server confirms there
-    that its client is still alive and within its deadline (:func:`scatterguard.handover.confirm`).
+    that its client is still alive and within its deadline
+    (:func:`scatterguard.frontends.handover.confirm`).
     """
     confirmed = confirm or _no_confirmation
     started = time.monotonic()
@@ -267,15 +267,16 @@ def filter_stream(
     The in-process filter and the resident server's workers both come through here, so they run
     exactly the same code.
     """
-    from scatterguard import intake, spool
-    from scatterguard.quarantine import Store
-    from scatterguard.reinject import CommandReinjector
+    from scatterguard.actions import spool
+    from scatterguard.actions.quarantine.directory import Store
+    from scatterguard.actions.reinject import CommandReinjector
+    from scatterguard.frontends import intake
 
     started = time.monotonic()
     store = Store(config.quarantine.directory)
     data: bytes | Spooled | None = None
     try:
-        # A large message is spooled in the quarantine's tmp/ (see scatterguard.spool).
+        # A large message is spooled in the quarantine's tmp/ (see scatterguard.actions.spool).
         if args.bsmtp:
             batch = intake.read_bsmtp(stdin, store.spool_directory)
             data = batch.data

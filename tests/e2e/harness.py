@@ -452,7 +452,8 @@ def _filter_clients() -> list[int]:
     """Running ``scatterguard filter`` processes (the ones the MTAs start).
 
     Not their re-injection processes: forks with the same command line that name themselves
-    ``sg-reinject`` (see scatterguard.delivered) and belong to the re-injection, like sendmail.
+    ``sg-reinject`` (see scatterguard.actions.delivery) and belong to the re-injection, like
+    sendmail.
     """
     pids = []
     for entry in Path("/proc").iterdir():

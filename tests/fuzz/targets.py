@@ -7,29 +7,36 @@ must hold for every input; any exception is a finding. The same functions are dr
 
 Targets:
 
-- ``message``: :class:`scatterguard.message.Message` (header spans, values, prepending, our A-R
-  fields found by :func:`scatterguard.authresults.ours`).
-- ``bsmtp``: :func:`scatterguard.intake.parse_bsmtp` (only ``InputError``; what it reads, written
+- ``message``: :class:`scatterguard.core.message.Message` (header spans, values, prepending, our A-R
+  fields found by :func:`scatterguard.core.authresults.ours`).
+- ``bsmtp``: :func:`scatterguard.frontends.intake.parse_bsmtp` (only ``InputError``; what it reads,
+written
   back as Exim would, reads the same again).
-- ``dmarc_record``: :func:`scatterguard.dmarcrecord.parse_record` (never raises; a record written
+- ``dmarc_record``: :func:`scatterguard.core.dmarcrecord.parse_record` (never raises; a record
+written
   back from what it read parses to the same policy).
-- ``from_domains``: :func:`scatterguard.dmarc.from_domains` (A-label domains only, capped, and a
+- ``from_domains``: :func:`scatterguard.checks.dmarc.from_domains` (A-label domains only, capped,
+and a
   From field added on top adds exactly its domain in front).
-- ``reverse_path``: :func:`scatterguard.envelope.parse_sender` (only ``UsageError``, for control
+- ``reverse_path``: :func:`scatterguard.core.envelope.parse_sender` (only ``UsageError``, for
+control
   characters; the domain reported is the one SPF evaluates; the path comes back as given).
-- ``authresults``: :func:`scatterguard.authresults.render` of an AuthReport built from the bytes
+- ``authresults``: :func:`scatterguard.core.authresults.render` of an AuthReport built from the
+bytes
   (printable ASCII, folded, parsed back by authres to the same methods and words, no value that
   was not a valid domain, selector or algorithm).
 - ``reinject_command``: ``reinject.command`` validation (issue 12, item 11): an accepted command
   passes the reverse-path and every recipient intact.
 
-- ``dkim_tag_list`` (issue 12 item 1): :func:`scatterguard.dkimcheck.parse_tag_list` against
+- ``dkim_tag_list`` (issue 12 item 1): :func:`scatterguard.checks.dkim.parse_tag_list` against
   dkimpy's ``parse_tag_value`` (ours accepts only what dkimpy reads as the same dict), and
-  :func:`~scatterguard.dkimcheck.check_dkim` on the bytes as a DKIM-Signature field: every
+  :func:`~scatterguard.checks.dkim.check_dkim` on the bytes as a DKIM-Signature field: every
   ``d=``, ``s=``, ``a=`` and header.b it reports is dkimpy's parse of the field it was handed.
-- ``handover_request``: :func:`scatterguard.handover.receive`, the server's reading of a request
+- ``handover_request``: :func:`scatterguard.frontends.handover.receive`, the server's reading of a
+request
   (with 0, 1 or 2 passed descriptors): no descriptor is ever left open.
-- ``handover_reply``: :func:`scatterguard.handover.hand_over`, the client's reading of what a
+- ``handover_reply``: :func:`scatterguard.frontends.handover.hand_over`, the client's reading of
+what a
   server sends: it reports 0 or 69 only after it sent "go".
 """
 
@@ -45,21 +52,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scatterguard import (
-    authresults,
-    dkimcheck,
-    dmarc,
-    dmarcrecord,
-    envelope,
-    handover,
-    intake,
-    spfcheck,
-)
+from scatterguard.checks import dkim as dkimcheck
+from scatterguard.checks import dmarc
+from scatterguard.checks import spf as spfcheck
+from scatterguard.checks.resolver import Answer, Resolver, Status
 from scatterguard.config import DkimConfig
-from scatterguard.errors import InputError, UsageError
-from scatterguard.message import MAX_HEADER_FIELDS, Message
-from scatterguard.resolver import Answer, Resolver, Status
-from scatterguard.results import (
+from scatterguard.core import authresults, dmarcrecord, envelope
+from scatterguard.core.message import MAX_HEADER_FIELDS, Message
+from scatterguard.core.results import (
     AuthReport,
     DkimResult,
     DmarcResult,
@@ -67,6 +67,8 @@ from scatterguard.results import (
     Result,
     SpfResult,
 )
+from scatterguard.errors import InputError, UsageError
+from scatterguard.frontends import handover, intake
 
 AUTHSERV = "mx.rcpt.example"
 _DOMAIN = re.compile(
@@ -474,8 +476,8 @@ def reinject_command(data: bytes) -> None:
     of them, together, after ``--``.
     """
     from scatterguard import config
+    from scatterguard.actions.reinject import expand
     from scatterguard.errors import ConfigError
-    from scatterguard.reinject import expand
 
     command = [arg.decode("utf-8", "replace") for arg in data.split(b"\x00")]
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from scatterguard import config
-from scatterguard.cli import build_parser
+from scatterguard.frontends.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGING = ROOT / "packaging"

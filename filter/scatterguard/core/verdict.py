@@ -14,8 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scatterguard.envelope import Envelope
-from scatterguard.results import AuthReport, Policy, Result
+from scatterguard.core.envelope import Envelope
+from scatterguard.core.results import AuthReport, Policy, Result
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -44,12 +44,12 @@ import array
 import json
 import math
 import os
-import pwd
 import select
 import socket
-import stat
 import struct
 import time
+
+from scatterguard import defaults
 
 # typing itself costs ~3 ms to import; mypy treats this name as True all the same.
 TYPE_CHECKING = False
@@ -58,15 +58,6 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Mapping, Sequence
     from typing import Any
 
-# Where the filter looks for its configuration and, by default, for the server. The fast path
-# reads them before the config module (and its imports) is loaded; config.py takes them from here.
-DEFAULT_CONFIG = "/etc/scatterguard/scatterguard.toml"
-DEFAULT_SOCKET = "/run/scatterguard/scatterguard.sock"
-DEFAULT_TIMEOUT = 300.0
-# The longest timeout the configuration accepts (a day; the MTAs' own limits are far shorter).
-MAX_TIMEOUT = 86400.0
-# The user the packaged server runs as (scatterguard.service), whose server a client trusts.
-DEFAULT_USER = "scatterguard"
 VERSION = 2
 MAX_FRAME = 1 << 20
 # How long an allowed peer has, after its connection is accepted, to send its request frame.
@@ -79,7 +70,6 @@ MIN_LEFT = 0.1
 DRAIN_MIN = 2.0
 _LENGTH = struct.Struct("!I")
 _CREDENTIALS = struct.Struct("3i")
-ENV_PREFIX = "SCATTERGUARD_"
 
 
 class HandoverError(Exception):
@@ -130,72 +120,6 @@ def peer(conn: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
-def trusted_uids(user: str) -> frozenset[int]:
-    """Who may run the server a client hands mail to: root, the client's own user, ``user``.
-
-    The client's own user is the server's in the packaged set-up (the MTA hooks run the filter
-    as the server's user); a process of that user could read the mail anyway.
-    """
-    uids = {0, os.geteuid()}
-    if user:
-        try:  # noqa: SIM105 - contextlib is not imported on the client's fast path
-            uids.add(pwd.getpwnam(user).pw_uid)
-        except KeyError:
-            pass
-    return frozenset(uids)
-
-
-def unsafe_directory(path: str, trusted: Collection[int]) -> str | None:
-    """Why someone outside ``trusted`` could put their own socket at ``path``; None if nobody can.
-
-    Every directory on the way must belong to a trusted user. The socket's own directory (or the
-    last existing one, when the rest is still to be created) must be writable by its owner
-    alone; one further up may be writable by others only with the sticky bit (as /tmp), which
-    keeps them from replacing the trusted directory below it. Symbolic links are checked where
-    they stand and where they lead. A relative path is unsafe: it names a socket in whatever
-    directory the process happens to run in (the MTA's, for the filter), which nobody checked.
-    """
-    if not os.path.isabs(path):
-        return f"{path!r} is not an absolute path, so it depends on the working directory"
-    directory = os.path.dirname(path) or "/"
-    for candidate in dict.fromkeys((directory, os.path.realpath(directory))):
-        reason = _unsafe_chain(candidate, trusted)
-        if reason is not None:
-            return reason
-    return None
-
-
-def _unsafe_chain(directory: str, trusted: Collection[int]) -> str | None:
-    parts = [part for part in directory.split("/") if part]
-    chain = ["/", *("/" + "/".join(parts[: index + 1]) for index in range(len(parts)))]
-    last: tuple[str, os.stat_result] | None = None
-    for name in chain:
-        try:
-            info = os.lstat(name)
-        except FileNotFoundError:
-            break
-        except OSError as exc:
-            return f"cannot check {name}: {exc.strerror}"
-        if stat.S_ISLNK(info.st_mode):
-            # Its owner could point it elsewhere later (even in a sticky directory); where it
-            # leads now is checked through realpath.
-            if info.st_uid not in trusted:
-                return f"{name} is a symbolic link of uid {info.st_uid}, who could redirect it"
-            last = None
-            continue
-        if not stat.S_ISDIR(info.st_mode):
-            return f"{name} is not a directory"
-        if info.st_uid not in trusted:
-            return f"{name} belongs to uid {info.st_uid}, who could put another socket there"
-        open_to_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if open_to_others and not info.st_mode & stat.S_ISVTX:
-            return f"{name} is writable by others, who could put another socket there"
-        last = (name, info)
-    if last is not None and last[1].st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{last[0]} is writable by others, who could put another socket there"
-    return None
-
-
 def connect(path: str, timeout: float) -> socket.socket | None:
     """Connect to the server, or None when there is no server to hand over to."""
     if not path:
@@ -235,7 +159,9 @@ def hand_over(
     """Send the request with ``stdin_fd``, confirm the server's "ready" before ``go_by`` and
     wait for its answer until ``answer_by`` (both monotonic). Raises HandoverError."""
     env = {
-        k: v for k, v in environ.items() if k.startswith(ENV_PREFIX) and k != "SCATTERGUARD_CONFIG"
+        k: v
+        for k, v in environ.items()
+        if k.startswith(defaults.ENV_PREFIX) and k != "SCATTERGUARD_CONFIG"
     }
     try:
         frame = _frame(

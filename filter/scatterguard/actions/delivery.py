@@ -44,10 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scatterguard import spool
-from scatterguard.envelope import Envelope
+from scatterguard.actions import spool
+from scatterguard.actions.safedir import Directory, UnsafeStore
+from scatterguard.core.envelope import Envelope
+from scatterguard.core.message import Spooled
 from scatterguard.errors import QuarantineError, ReinjectError
-from scatterguard.safedir import Directory, UnsafeStore
 
 KEEP_HOURS = 48
 _HOUR = re.compile(r"[0-9]{10}\Z")
@@ -78,7 +79,7 @@ class DeliveryRecord:
         self.clock = clock
 
     @staticmethod
-    def key(envelope: Envelope, data: bytes | spool.Spooled) -> str | None:
+    def key(envelope: Envelope, data: bytes | Spooled) -> str | None:
         """The marker name for this delivery, or None when the MTA gave no queue id."""
         if not envelope.queue_id:
             return None

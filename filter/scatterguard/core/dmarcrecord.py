@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from scatterguard.results import Policy
+from scatterguard.core.results import Policy
 
 # RFC 9989 §4.8: dmarc-sep = *WSP ";" *WSP; equals = *WSP "=" *WSP; tag names are 1*ALPHA.
 _WSP = " \t"

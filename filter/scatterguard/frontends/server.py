@@ -6,9 +6,9 @@ share the listening socket, and each worker keeps its DNS cache (honouring TTLs)
 messages. A worker receives the filter client's stdin descriptor (SCM_RIGHTS), reads the message
 from it directly, runs exactly the same code as the in-process filter
 (:func:`scatterguard.pipeline.filter_stream`), asks the client to confirm right before it acts
-(the client must still be alive and within its deadline, see :mod:`scatterguard.handover`),
-acts, and only then answers with the exit code and status line, which the client relays to the
-MTA.
+(the client must still be alive and within its deadline, see
+:mod:`scatterguard.frontends.handover`), acts, and only then answers with the exit code and status
+line, which the client relays to the MTA.
 
 Only root, the server's own user and ``server.allowed_users`` may hand messages over (checked with
 SO_PEERCRED right after accept, before anything is read). The master process restarts workers
@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from scatterguard import handover
+from scatterguard import trust
 from scatterguard.config import Config
 from scatterguard.errors import EX_TEMPFAIL, TEMPFAIL_STATUS, ConfigError
+from scatterguard.frontends import handover
 
 REFUSED_STATUS = "4.7.0 Mail filter refused the hand-over, try again later"
 ACCEPT_POLL = 1.0
@@ -46,10 +47,10 @@ WARM_MODULES = (
     "dkim",
     "email_validator",
     "structlog",
-    "scatterguard.checks",
+    "scatterguard.checks.report",
     "scatterguard.pipeline",
-    "scatterguard.quarantine",
-    "scatterguard.reinject",
+    "scatterguard.actions.quarantine.directory",
+    "scatterguard.actions.reinject",
 )
 
 
@@ -103,7 +104,7 @@ def serve(config: Config, *, on_ready: Callable[[str], None] | None = None) -> i
     uids = allowed_uids(config)
     # The --socket option bypasses the configuration's check of the path.
     path = config.server.socket
-    reason = handover.unsafe_directory(path, handover.trusted_uids(config.server.user))
+    reason = trust.unsafe_directory(path, trust.trusted_uids(config.server.user))
     if path and reason is not None:
         raise ConfigError(f"server.socket: {path!r} is unsafe: {reason}")
     warm_imports()
@@ -176,7 +177,7 @@ def _spawn(sock: socket.socket, config: Config, uids: frozenset[int]) -> tuple[i
 def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
     """Accept and handle connections one at a time until told to stop."""
     from scatterguard import journal
-    from scatterguard.resolver import Resolver
+    from scatterguard.checks.resolver import Resolver
 
     stopping = False
 
@@ -271,7 +272,8 @@ def _filter(
     """Filter the handed-over message; every failure, argparse's exits included, is a 75."""
     import io
 
-    from scatterguard import cli, pipeline
+    from scatterguard import pipeline
+    from scatterguard.frontends import cli
 
     def confirm() -> None:
         handover.confirm(conn, request.deadline)

@@ -5,10 +5,11 @@ passes both on stdin as batch SMTP: ``MAIL FROM``, one or more ``RCPT TO``, ``DA
 dot-stuffed message and a lone ``.`` (LF or CRLF). Either way the message bytes are kept exactly
 as they were, apart from BSMTP's dot-unstuffing.
 
-Both are read as a stream: a message up to :data:`scatterguard.spool.THRESHOLD` bytes is kept in
-memory as ``bytes``; a larger one goes on into a spool file (:mod:`scatterguard.spool`) and
-comes back as a :class:`~scatterguard.spool.Spooled`. BSMTP is unstuffed on the way, a block at
-a time, so the stuffed stream is never held as a whole either.
+Both are read as a stream: a message up to :data:`scatterguard.actions.spool.THRESHOLD` bytes is
+kept in memory as ``bytes``; a larger one goes on into a spool file
+(:mod:`scatterguard.actions.spool`) and comes back as a
+:class:`~scatterguard.actions.spool.SpoolFile`. BSMTP is unstuffed on the way, a block at a time, so
+the stuffed stream is never held as a whole either.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from scatterguard import spool as spool_mod
+from scatterguard.actions import spool as spool_mod
+from scatterguard.actions.spool import Spool
+from scatterguard.core.message import Spooled
 from scatterguard.errors import InputError
-from scatterguard.spool import Spool, Spooled
 
 # A message larger than this is not read into memory; it is refused with a temporary error so the
 # MTA keeps it (its own message_size_limit should be lower).
@@ -61,8 +63,8 @@ def read_message(
 ) -> bytes | Spooled:
     """Read the whole stream: bytes up to ``threshold``, else a spool file in ``spool()``.
 
-    ``threshold`` defaults to :data:`scatterguard.spool.THRESHOLD`. More than ``limit`` bytes is
-    an input error; without ``spool`` this is :func:`read_all`.
+    ``threshold`` defaults to :data:`scatterguard.actions.spool.THRESHOLD`. More than ``limit``
+    bytes is an input error; without ``spool`` this is :func:`read_all`.
     """
     if spool is None:
         return read_all(stream, limit)

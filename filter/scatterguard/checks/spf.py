@@ -4,10 +4,10 @@ This module owns two things:
 
 - :func:`check_spf`, which picks the identities to check from the envelope (RFC 7208 §2.3, §2.4),
   runs the evaluation and turns every outcome, including a library bug, into an
-  :class:`~scatterguard.results.SpfResult`; it never raises.
+  :class:`~scatterguard.core.results.SpfResult`; it never raises.
 - :class:`ResolverQuery`, a subclass of ``spf.query`` whose ``dns()`` method asks our
-  :class:`~scatterguard.resolver.Resolver` instead of pyspf's module-global ``DNSLookup``. Nothing
-  global in pyspf is patched, and nothing in the evaluation touches the system resolver or a
+  :class:`~scatterguard.checks.resolver.Resolver` instead of pyspf's module-global ``DNSLookup``.
+  Nothing global in pyspf is patched, and nothing in the evaluation touches the system resolver or a
   socket of its own: the receiver name (the ``r`` macro) is passed in, never looked up.
 
 Choices where the RFC leaves room, made here once:
@@ -40,9 +40,9 @@ from typing import Any
 import dns.name
 import spf
 
-from scatterguard.envelope import Envelope
-from scatterguard.resolver import Answer, Resolver, Status
-from scatterguard.results import Result, SpfResult
+from scatterguard.checks.resolver import Answer, Resolver, Status
+from scatterguard.core.envelope import Envelope
+from scatterguard.core.results import Result, SpfResult
 
 MAX_REASON = 200
 # RFC 7208 §4.6.4 recommends at least 20 seconds for the whole evaluation.

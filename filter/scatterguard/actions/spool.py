@@ -6,8 +6,8 @@ name and a filter killed at any moment leaves nothing behind) in the quarantine'
 directory. That directory is the filter user's own, and it is on the disk that keeps the
 quarantine, where ``/tmp`` may be a tmpfs, which is memory again.
 
-The rest of the filter sees the file through a read-only ``mmap`` (:attr:`Spooled.view`), which
-:class:`~scatterguard.message.Message` reads like bytes: only the pages it touches (the header
+The rest of the filter sees the file through a read-only ``mmap`` (:attr:`SpoolFile.view`), which
+:class:`~scatterguard.core.message.Message` reads like bytes: only the pages it touches (the header
 section; the body only when DKIM verifies it) come into memory. Re-injection and the quarantine
 copy from the file descriptor (``sendfile``, ``copy_file_range``) and the digests read the file
 in chunks, so none of them brings the body into this process's memory.
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from io import FileIO
 from pathlib import Path
 
+from scatterguard.core.message import Spooled
 from scatterguard.errors import SpoolError
 
 # Messages up to this size stay in memory; larger ones go to the spool file.
@@ -34,7 +35,7 @@ THRESHOLD = 1024 * 1024
 CHUNK = 1024 * 1024
 
 
-class Spooled:
+class SpoolFile:
     """A message in an anonymous spool file, mapped read-only; close it when done."""
 
     def __init__(self, file: FileIO) -> None:
@@ -61,7 +62,7 @@ class Spooled:
             self.view.close()
         self.file.close()
 
-    def __enter__(self) -> Spooled:
+    def __enter__(self) -> SpoolFile:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -70,19 +71,19 @@ class Spooled:
 
 def sha256(data: bytes | Spooled) -> str:
     """The SHA-256 of a message's bytes, in memory or spooled, as hex digits."""
-    if isinstance(data, Spooled):
+    if not isinstance(data, bytes):
         return data.sha256()
     return hashlib.sha256(data).hexdigest()
 
 
 def size(data: bytes | Spooled) -> int:
     """The number of bytes of a message, in memory or spooled."""
-    return data.size if isinstance(data, Spooled) else len(data)
+    return len(data) if isinstance(data, bytes) else data.size
 
 
 def close(data: bytes | Spooled | None) -> None:
     """Close a spooled message; bytes and None need nothing."""
-    if isinstance(data, Spooled):
+    if data is not None and not isinstance(data, bytes):
         data.close()
 
 
@@ -118,7 +119,7 @@ class Spool:
             return bytes(self._memory)
         file, self._file = self._file, None
         try:
-            return Spooled(file)
+            return SpoolFile(file)
         except (OSError, ValueError) as exc:
             file.close()
             raise SpoolError(f"spool: cannot map the spool file: {_reason(exc)}") from None

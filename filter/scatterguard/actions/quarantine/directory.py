@@ -29,9 +29,9 @@ against ``^[0-9a-f]{32}$`` before any path is built from them.
 Links and other users' files: ``quarantine`` commands may run as root on a store that belongs to
 the filter's user, so no part of the store is ever reached through a path resolved again: each
 is opened with ``O_NOFOLLOW`` relative to its directory's descriptor and checked on that
-descriptor (:mod:`scatterguard.safedir`). A link, or a part owned by neither the store's owner
-nor root, is refused (:class:`~scatterguard.safedir.UnsafeStore`): the filter defers, ``purge``
-leaves that part alone, purges the rest and exits 1 naming it.
+descriptor (:mod:`scatterguard.actions.safedir`). A link, or a part owned by neither the store's
+owner nor root, is refused (:class:`~scatterguard.actions.safedir.UnsafeStore`): the filter defers,
+``purge`` leaves that part alone, purges the rest and exits 1 naming it.
 
 The command functions (``list_entries``, ``show``, ``release``, ``delete``, ``purge``) take the
 store and output streams, know nothing of argparse, and return 0 on success and 1 on failure with
@@ -60,16 +60,16 @@ from io import BufferedReader
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from scatterguard import authresults, spool
+from scatterguard.actions import spool
+from scatterguard.actions.safedir import Directory, UnsafeStore
+from scatterguard.core import authresults
+from scatterguard.core.message import Message, Payload, Spooled
 from scatterguard.errors import QuarantineError, ReinjectError
-from scatterguard.message import Message, Payload
-from scatterguard.safedir import Directory, UnsafeStore
-from scatterguard.spool import Spooled
 
 if TYPE_CHECKING:
-    from scatterguard.envelope import Envelope
-    from scatterguard.reinject import Reinjector
-    from scatterguard.verdict import Decision
+    from scatterguard.actions.reinject import Reinjector
+    from scatterguard.core.envelope import Envelope
+    from scatterguard.core.verdict import Decision
 
 FORMAT = 1
 ID_LENGTH = 32
@@ -264,10 +264,10 @@ class Store:
     def spool_directory(self) -> Path:
         """Where intake spools a large message: tmp/, created when missing, checked.
 
-        Spool files there are anonymous (:mod:`scatterguard.spool`): they have no name, so no
-        reader takes them for an entry and :meth:`purge` never meets them; and a quarantined
+        Spool files there are anonymous (:mod:`scatterguard.actions.spool`): they have no name, so
+        no reader takes them for an entry and :meth:`purge` never meets them; and a quarantined
         spooled message is copied into its entry within one file system. tmp/ is checked as
-        every part of the store is (:mod:`scatterguard.safedir`): a link there is refused.
+        every part of the store is (:mod:`scatterguard.actions.safedir`): a link there is refused.
         """
         with Directory.create_root(self.directory) as root, root.make("tmp"):
             pass
@@ -289,7 +289,7 @@ class Store:
             try:
                 os.fchmod(fd, FILE_MODE)
                 _write_all(fd, head)
-                if isinstance(data, Spooled):
+                if not isinstance(data, bytes):
                     _copy_file(data.fileno(), fd, data.size)
                 else:
                     _write_all(fd, data)
@@ -486,9 +486,10 @@ class Store:
         """Remove entries received more than ``older_than`` before ``now``.
 
         Stale files in tmp/ (older than 36 hours, left by a crash) are removed too, uncounted,
-        and so are the delivery record's old markers and lock files (:mod:`scatterguard.delivered`).
-        A part of the store that is a link or a third user's is left alone and reported in the
-        result (the store directory itself: UnsafeStore); everything else is still purged.
+        and so are the delivery record's old markers and lock files
+        (:mod:`scatterguard.actions.delivery`). A part of the store that is a link or a third user's
+        is left alone and reported in the result (the store directory itself: UnsafeStore);
+        everything else is still purged.
         """
         moment = self.now() if now is None else _utc(now)
         cutoff = moment - older_than
@@ -500,7 +501,9 @@ class Store:
         with root:
             removed = self._purge_entries(root, cutoff, refused)
             self._purge_tmp(root, moment, refused)
-            from scatterguard import delivered  # only a purge needs the delivery record
+            from scatterguard.actions import (
+                delivery as delivered,  # only a purge needs the delivery record
+            )
 
             refused.extend(delivered.prune_store(root, moment.timestamp()))
         return Purged(removed, tuple(refused))

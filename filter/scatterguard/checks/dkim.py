@@ -1,6 +1,6 @@
 """DKIM (RFC 6376) verification of every DKIM-Signature field, with dkimpy, over our resolver.
 
-This module owns :func:`check_dkim`: one :class:`~scatterguard.results.DkimResult` per
+This module owns :func:`check_dkim`: one :class:`~scatterguard.core.results.DkimResult` per
 DKIM-Signature header field, top to bottom, each with its own RFC 8601 result word. It never
 raises.
 
@@ -21,7 +21,7 @@ outcome is classified where it happens:
    emptied) → ``permerror``. ``rsa-sha1`` → ``permerror`` before any lookup
    (RFC 8301 §3.1). An expired signature (``x=``, §3.5) → ``permerror``: §6.1.1 lets a verifier
    return PERMFAIL (signature expired) without testing the signature, and nothing was tested.
-2. §6.1.2, the key: looked up through :class:`~scatterguard.resolver.Resolver` (the same seam
+2. §6.1.2, the key: looked up through :class:`~scatterguard.checks.resolver.Resolver` (the same seam
    dkimpy calls ``dnsfunc``). NXDOMAIN, no data, an empty ``p=`` (revoked), a key unsuitable for
    ``a=`` or unparsable → ``permerror``; SERVFAIL, a timeout or another DNS error →
    ``temperror``. RSA keys under 1024 bits → ``permerror`` (RFC 8301 §3.2). The key is parsed
@@ -39,7 +39,8 @@ Bounded work (a hostile message must not make any of this unbounded, issue 7):
 - A message above ``max_message_size`` is not verified at all: every signature is ``neutral`` and
   dkimpy is not even imported. Only the first ``max_signatures`` signatures are verified; the rest
   are ``neutral``.
-- The message is handed to dkimpy as our own header view (:class:`~scatterguard.message.Message`),
+- The message is handed to dkimpy as our own header view
+(:class:`~scatterguard.core.message.Message`),
   not re-parsed by its ``rfc822_parse``: no second copy of the message in small pieces, and dkimpy
   sees the same header fields as DMARC does (a line that is not a field ends the header section,
   where dkimpy would have refused the whole message).
@@ -77,10 +78,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scatterguard.checks.resolver import Resolver, Status
 from scatterguard.config import DkimConfig
-from scatterguard.message import Buffer, Header, Message
-from scatterguard.resolver import Resolver, Status
-from scatterguard.results import DkimResult, Result
+from scatterguard.core.message import Buffer, Header, Message
+from scatterguard.core.results import DkimResult, Result
 
 FIELD_NAME = "dkim-signature"
 # RFC 8301 §3.2: verifiers MUST NOT consider signatures with RSA keys under 1024 bits valid.

@@ -4,11 +4,12 @@ Nothing here re-serialises a message. Header fields are located as byte spans of
 new field is prepended as bytes, and removing a field cuts exactly its span. Every other byte (line
 endings, 8-bit data, NULs, bare CRs) goes out as it came in.
 
-The original is ``bytes``, or a large message's spool file (:class:`~scatterguard.spool.Spooled`),
-read through its read-only map with the operations bytes and ``mmap`` share (``find``, slicing,
-regular expressions), and only as far as the header section: the body is touched only by whoever
-asks for it. What is sent on is a :class:`Payload`: the new field, then spans of the original, so
-a spooled message is copied from its file and never joined in memory.
+The original is ``bytes``, or a large message's spool file (a :class:`Spooled`:
+:class:`~scatterguard.actions.spool.SpoolFile`), read through its read-only map with the operations
+bytes and ``mmap`` share (``find``, slicing, regular expressions), and only as far as the header
+section: the body is touched only by whoever asks for it. What is sent on is a :class:`Payload`: the
+new field, then spans of the original, so a spooled message is copied from its file and never joined
+in memory.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import mmap
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-
-from scatterguard.spool import Spooled
+from typing import Protocol
 
 # RFC 5322 §3.6.8: a field name is printable US-ASCII except colon. We also tolerate the
 # whitespace some senders put before the colon ("Subject : x"), as MTAs do.
@@ -27,6 +27,31 @@ MAX_HEADER_FIELDS = 20_000
 
 # What a message's bytes are read through: bytes, or the read-only map of its spool file.
 Buffer = bytes | mmap.mmap
+
+
+class Spooled(Protocol):
+    """A large message kept in a file, read through its read-only map.
+
+    The file itself is the actions layer's (:class:`~scatterguard.actions.spool.SpoolFile`); the
+    core only reads the map and passes the rest on.
+    """
+
+    @property
+    def size(self) -> int:
+        """The number of bytes in the file."""
+
+    @property
+    def view(self) -> mmap.mmap:
+        """The read-only map of the whole file."""
+
+    def fileno(self) -> int:
+        """The file's descriptor, for copying from it."""
+
+    def sha256(self) -> str:
+        """The SHA-256 of the bytes, as hex digits."""
+
+    def close(self) -> None:
+        """Unmap and close the file."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +82,7 @@ class Payload:
     @classmethod
     def of(cls, data: bytes | Spooled, prefix: bytes = b"") -> Payload:
         """The whole of ``data``, after ``prefix``."""
-        size = data.size if isinstance(data, Spooled) else len(data)
+        size = len(data) if isinstance(data, bytes) else data.size
         return cls(prefix, data, ((0, size),) if size else ())
 
     @property
@@ -67,7 +92,7 @@ class Payload:
 
     def __bytes__(self) -> bytes:
         """The payload joined in memory (for tests and fakes; re-injection streams it)."""
-        source = self.source.view if isinstance(self.source, Spooled) else self.source
+        source = self.source if isinstance(self.source, bytes) else self.source.view
         return b"".join([self.prefix, *(source[start:end] for start, end in self.keep)])
 
 
@@ -78,7 +103,7 @@ class Message:
         # source: what the message is copied from (the spool file itself when spooled);
         # data: what it is read through (the file's read-only map when spooled).
         self.source = data
-        self.data: Buffer = data.view if isinstance(data, Spooled) else data
+        self.data: Buffer = data if isinstance(data, bytes) else data.view
         self.headers, self.body_offset, self.problem = _scan(self.data)
         self.linesep = _linesep(self.data)
 

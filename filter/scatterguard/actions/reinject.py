@@ -4,9 +4,9 @@
 ``{recipients}`` one argument per recipient. A non-zero exit, a signal, a timeout or a program that
 cannot be started all mean the message was not re-injected: :class:`ReinjectError`.
 
-The message is a :class:`~scatterguard.message.Payload`: our new header field, then spans of the
-original bytes. It is written to the command's stdin piece by piece, never joined; the spans of a
-spooled message go from the spool file to the pipe with ``sendfile(2)``, so a large message
+The message is a :class:`~scatterguard.core.message.Payload`: our new header field, then spans of
+the original bytes. It is written to the command's stdin piece by piece, never joined; the spans of
+a spooled message go from the spool file to the pipe with ``sendfile(2)``, so a large message
 never passes through this process's memory. Writing and reading the command's output are
 interleaved (a command that talks before it reads cannot deadlock us), as ``subprocess.run``
 does with ``input=``.
@@ -22,9 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from scatterguard.core.message import Payload
 from scatterguard.errors import ReinjectError
-from scatterguard.message import Payload
-from scatterguard.spool import Spooled
 
 MAX_DIAGNOSTIC = 300
 # The most written to the pipe per system call (the pipe takes what fits, 64 KiB by default).
@@ -156,7 +155,7 @@ class _Writer:
 
     def _span(self, offset: int, count: int) -> int:
         """Write up to ``count`` bytes of the source from ``offset``; return how many went."""
-        if not isinstance(self.source, Spooled):
+        if isinstance(self.source, bytes):
             return os.write(self.fd, memoryview(self.source)[offset : offset + count])
         if self.use_sendfile:
             try:

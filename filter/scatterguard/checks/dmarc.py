@@ -11,7 +11,7 @@ This module owns:
 - :func:`aligned`: strict or relaxed Identifier Alignment (§3.2.10, §4.4), also used by the
   checks for the relaxed match of the reverse-path with a DKIM ``d=`` (DESIGN.md).
 - :func:`check_dmarc`: the DMARC result of a message, one entry per From domain.
-- Record parsing lives in :mod:`scatterguard.dmarcrecord`; :func:`parse_record` is re-exported.
+- Record parsing lives in :mod:`scatterguard.core.dmarcrecord`; :func:`parse_record` is re-exported.
 
 Choices where RFC 9989 leaves room, made here once:
 
@@ -32,7 +32,7 @@ Choices where RFC 9989 leaves room, made here once:
   postmaster can release the message.
 - SPF counts only for the MAIL FROM identity (§4.4.2). For the null reverse-path that identity is
   ``postmaster@<HELO>`` (RFC 7208 §2.4, cited by RFC 9989 §3.2.4), which is how
-  :mod:`scatterguard.spfcheck` reports it: ``identity == "mailfrom"``, ``domain`` = the HELO name.
+  :mod:`scatterguard.checks.spf` reports it: ``identity == "mailfrom"``, ``domain`` = the HELO name.
 - Non-existence for ``np`` is RFC 9989's (§3.2.13, Appendix A.4): the name is NXDOMAIN. A name
   with records of any type exists, so one lookup (type A) tells; NODATA means "exists".
 - Relaxed alignment never walks an identifier that lies outside the Author Domain's
@@ -51,11 +51,11 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from scatterguard.dmarcrecord import DmarcRecord, parse_record
-from scatterguard.envelope import Address
-from scatterguard.message import Message
-from scatterguard.resolver import Resolver, Status
-from scatterguard.results import (
+from scatterguard.checks.resolver import Resolver, Status
+from scatterguard.core.dmarcrecord import DmarcRecord, parse_record
+from scatterguard.core.envelope import Address
+from scatterguard.core.message import Message
+from scatterguard.core.results import (
     DkimResult,
     DmarcDomainResult,
     DmarcResult,

@@ -181,7 +181,7 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
         raise
     state["config"] = config
     from scatterguard import journal, pipeline
-    from scatterguard.resolver import Resolver
+    from scatterguard.checks.resolver import Resolver
 
     logger = state["logger"] = journal.setup(config.log)
     with pipeline.deadline(config.timeout):
@@ -242,38 +242,39 @@ def _hand_over(argv: Sequence[str]) -> tuple[int, str | None] | None:
     file cannot be read here, or ``server.socket`` lies where others could replace it) the full
     path below reports what is wrong. The stdin descriptor goes only to a server running as
     root, as our own user or as ``server.user``. The server acts only on our "go", which we
-    send only before our own deadline (see :mod:`scatterguard.handover`); we wait for its
+    send only before our own deadline (see :mod:`scatterguard.frontends.handover`); we wait for its
     answer a little longer, so a message the server is acting on is not retried in parallel.
     Whenever we give up without an outcome, stdin is drained to EOF before we exit 75, so the
     MTA's writer is never left blocked behind a descriptor the server may never read.
     """
     import tomllib
 
-    from scatterguard import duration, handover
+    from scatterguard import defaults, duration, trust
+    from scatterguard.frontends import handover
 
     path = _config_argument(argv) or os.environ.get("SCATTERGUARD_CONFIG") or None
     try:
-        with open(path or handover.DEFAULT_CONFIG, "rb") as handle:
+        with open(path or defaults.DEFAULT_CONFIG, "rb") as handle:
             data = tomllib.load(handle)
         server = data.get("server", {})
-        socket_path = server.get("socket", handover.DEFAULT_SOCKET)
-        user = server.get("user", handover.DEFAULT_USER)
-        timeout = duration.parse(data.get("timeout", handover.DEFAULT_TIMEOUT))
+        socket_path = server.get("socket", defaults.DEFAULT_SOCKET)
+        user = server.get("user", defaults.DEFAULT_USER)
+        timeout = duration.parse(data.get("timeout", defaults.DEFAULT_TIMEOUT))
     except FileNotFoundError:
         if path is not None:
             return None
-        socket_path, timeout = handover.DEFAULT_SOCKET, handover.DEFAULT_TIMEOUT
-        user = handover.DEFAULT_USER
+        socket_path, timeout = defaults.DEFAULT_SOCKET, defaults.DEFAULT_TIMEOUT
+        user = defaults.DEFAULT_USER
     except (OSError, ValueError, TypeError, AttributeError):
         return None
     if not isinstance(socket_path, str) or not isinstance(user, str):
         return None
-    if not 0 < timeout <= handover.MAX_TIMEOUT:  # NaN too: the full path names the key
+    if not 0 < timeout <= defaults.MAX_TIMEOUT:  # NaN too: the full path names the key
         return None
     go_by = time.monotonic() + timeout
     answer_by = go_by + min(10.0, 1.0 + timeout / 10)
-    trusted = handover.trusted_uids(user)
-    if not socket_path or handover.unsafe_directory(socket_path, trusted) is not None:
+    trusted = trust.trusted_uids(user)
+    if not socket_path or trust.unsafe_directory(socket_path, trusted) is not None:
         return None
     sock = handover.connect(socket_path, timeout)
     if sock is None:
@@ -347,10 +348,11 @@ def _status_line(status: str) -> None:
 
 def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     from scatterguard import config as config_mod
-    from scatterguard import envelope as envelope_mod
-    from scatterguard import intake, journal, pipeline
-    from scatterguard.message import Message
-    from scatterguard.resolver import Resolver
+    from scatterguard import journal, pipeline
+    from scatterguard.checks.resolver import Resolver
+    from scatterguard.core import envelope as envelope_mod
+    from scatterguard.core.message import Message
+    from scatterguard.frontends import intake
 
     started = time.monotonic()
     config = config_mod.load(args.config)
@@ -467,7 +469,7 @@ def _serve_main(args: argparse.Namespace) -> int:
     import dataclasses
 
     from scatterguard import config as config_mod
-    from scatterguard import server
+    from scatterguard.frontends import server
 
     config = config_mod.load(args.config)
     overrides: dict[str, Any] = {}
@@ -482,8 +484,8 @@ def _serve_main(args: argparse.Namespace) -> int:
 
 def _quarantine_main(args: argparse.Namespace, out: TextIO) -> int:
     from scatterguard import config as config_mod
-    from scatterguard import quarantine
-    from scatterguard.reinject import CommandReinjector
+    from scatterguard.actions.quarantine import directory as quarantine
+    from scatterguard.actions.reinject import CommandReinjector
 
     config = config_mod.load(args.config)
     store = quarantine.Store(config.quarantine.directory)

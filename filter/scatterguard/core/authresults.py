@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from scatterguard.message import Header, Message
-from scatterguard.results import AuthReport, Result
+from scatterguard.core.message import Header, Message
+from scatterguard.core.results import AuthReport, Result
 
 FIELD_NAME = "Authentication-Results"
 _DOMAIN = re.compile(

@@ -7,12 +7,14 @@ it is what makes a reverse-path verified without SPF.
 
 from __future__ import annotations
 
-from scatterguard import dkimcheck, dmarc, spfcheck
+from scatterguard.checks import dkim as dkimcheck
+from scatterguard.checks import dmarc
+from scatterguard.checks import spf as spfcheck
+from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config
-from scatterguard.envelope import Envelope
-from scatterguard.message import Message
-from scatterguard.resolver import Resolver
-from scatterguard.results import AuthReport, DkimResult
+from scatterguard.core.envelope import Envelope
+from scatterguard.core.message import Message
+from scatterguard.core.results import AuthReport, DkimResult
 
 
 def run(resolver: Resolver, message: Message, envelope: Envelope, config: Config) -> AuthReport:
