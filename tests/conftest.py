@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First: measuring core's coverage must start before anything imports the package.
+import corefloor  # isort: skip
+
 from collections.abc import Iterator
 
 import pytest
@@ -29,3 +32,13 @@ def dns_server(dns_session: DnsServer) -> Iterator[DnsServer]:
 def resolver(dns_server: DnsServer) -> Resolver:
     """A fresh resolver (empty cache) pointed at the loopback DNS server, with short timeouts."""
     return Resolver([(dns_server.host, dns_server.port)], timeout=0.5)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The ``core_branch_coverage`` floor setting (see corefloor)."""
+    corefloor.addini(parser)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Check core's branch coverage against its floor on a full run."""
+    corefloor.finish(session)
