@@ -1,9 +1,11 @@
 """The openspf RFC 7208 conformance suite, run through our resolver path on the loopback DNS server.
 
-The suite (``rfc7208-tests.yml``, BSD licence beside it) lives outside the repository, in
-``<repo>/../shared/testdata/spf/``; ``SCATTERGUARD_SPF_SUITE`` names another copy. Without it this
-module is skipped. Each YAML document is a scenario: ``zonedata`` is served by a real DNS server on
-loopback, and each test (``helo``, ``host``, ``mailfrom`` → ``result``) becomes one pytest case.
+The suite (``rfc7208-tests.yml``, release 2014.04, with its BSD licence beside it and recorded in
+``debian/copyright``) ships in ``tests/data/spf/``, so it runs in every clone and in the Debian
+package build; ``SCATTERGUARD_SPF_SUITE`` names another copy. A suite that is not there is a
+failure, never a skip. Each YAML document is a scenario: ``zonedata`` is served by a real DNS
+server on loopback, and each test (``helo``, ``host``, ``mailfrom`` → ``result``) becomes one
+pytest case.
 
 How the zone data is read follows the suite's own conventions (its header comment):
 
@@ -32,6 +34,7 @@ import dns.message
 import dns.name
 import dns.rdatatype
 import pytest
+import yaml
 
 from dnsserver import DnsServer
 from scatterguard.checks.resolver import Resolver
@@ -39,17 +42,12 @@ from scatterguard.checks.spf import check_spf, evaluate
 from scatterguard.core.envelope import Envelope, parse_sender
 from scatterguard.errors import UsageError
 
-_REPO = Path(__file__).resolve().parents[1]
-SUITE = Path(
-    os.environ.get("SCATTERGUARD_SPF_SUITE")
-    or _REPO.parent / "shared" / "testdata" / "spf" / "rfc7208-tests.yml"
-)
-if not SUITE.is_file():
-    pytest.skip(
-        f"RFC 7208 test suite not found at {SUITE} (set SCATTERGUARD_SPF_SUITE to its path)",
-        allow_module_level=True,
-    )
-yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the RFC 7208 test suite")
+# The copy in the repository, and the licence it is distributed under.
+SHIPPED = Path(__file__).resolve().parent / "data" / "spf" / "rfc7208-tests.yml"
+SHIPPED_LICENSE = SHIPPED.with_suffix(".LICENSE")
+SUITE = Path(os.environ.get("SCATTERGUARD_SPF_SUITE") or SHIPPED)
+# The 2014.04 release has 203 tests: fewer means a truncated file or another suite.
+MIN_CASES = 203
 
 # Short lookups keep the TIMEOUT cases quick; the loopback server answers in well under this.
 TIMEOUT = 0.3
@@ -147,16 +145,41 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _cases() -> Iterator[Any]:
+def _scenarios() -> list[dict[str, Any]]:
+    """The suite's scenarios, or none when the file is not there (test_suite_is_there fails)."""
+    if not SUITE.is_file():
+        return []
     with SUITE.open("rb") as handle:
-        scenarios = list(yaml.safe_load_all(handle))
-    for scenario in scenarios:
+        return list(yaml.safe_load_all(handle))
+
+
+def _cases() -> Iterator[Any]:
+    for scenario in _scenarios():
         for name, test in scenario["tests"].items():
             case_id = f"{_slug(scenario['description'])}/{name}"
             marks = []
             if case_id in KNOWN_DIFFERENCES:
                 marks.append(pytest.mark.xfail(reason=KNOWN_DIFFERENCES[case_id], strict=True))
             yield pytest.param(scenario["zonedata"], test, id=case_id, marks=marks)
+
+
+CASES = list(_cases())
+
+
+def test_suite_ships_with_its_licence() -> None:
+    """The suite and its licence are in the repository, so a fresh clone runs the suite too."""
+    assert SHIPPED.is_file(), f"{SHIPPED} is missing"
+    assert SHIPPED_LICENSE.is_file(), f"{SHIPPED_LICENSE} is missing"
+    assert "Redistribution and use" in SHIPPED_LICENSE.read_text()
+
+
+def test_suite_is_there() -> None:
+    """The suite this run uses exists and holds the whole release: a missing suite fails."""
+    assert SUITE.is_file(), (
+        f"RFC 7208 test suite not found at {SUITE} (it ships in {SHIPPED.parent}; "
+        "SCATTERGUARD_SPF_SUITE names another copy)"
+    )
+    assert len(CASES) >= MIN_CASES, f"{SUITE} has {len(CASES)} tests, expected {MIN_CASES}+"
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +208,7 @@ def _envelope_for(test: dict[str, Any]) -> Envelope | None:
     return Envelope(sender=sender, recipients=(), client_address=client, helo=test["helo"])
 
 
-@pytest.mark.parametrize(("zonedata", "test"), list(_cases()))
+@pytest.mark.parametrize(("zonedata", "test"), CASES)
 def test_rfc7208_suite(
     suite_server: SuiteDnsServer, zonedata: dict[str, list[Any]], test: dict[str, Any]
 ) -> None:

@@ -1,10 +1,11 @@
 """The end-to-end harness: a real Postfix and a real Exim, configured from ``hooks/``, on loopback.
 
 Each MTA is configured from the shipped hook files themselves: Postfix gets Debian's own
-``main.cf``/``master.cf`` with ``hooks/postfix/main.cf`` appended and the entries of
-``hooks/postfix/master.cf`` put in place of Debian's; Exim gets Debian's split configuration
-(``conf.d`` from the exim4-config package) with ``hooks/exim4/conf.d/*`` dropped in, turned into
-one file by Debian's own ``update-exim4.conf``. Only what a test machine needs beyond that (host
+``main.cf``/``master.cf`` with ``hooks/postfix/main.cf`` appended (once: :func:`merge_main_cf`
+takes out what an earlier copy left) and the entries of ``hooks/postfix/master.cf`` put in place
+of Debian's; Exim gets Debian's split configuration (``conf.d`` from the exim4-config package)
+with ``hooks/exim4/conf.d/*`` dropped in, turned into one file by Debian's own
+``update-exim4.conf``. Only what a test machine needs beyond that (host
 name, local domain, XCLIENT for loopback, a log file) is added, and nothing is copied from the
 hooks into the tests.
 
@@ -726,7 +727,7 @@ class Postfix(Mta):
                 shutil.copy2(self.etc / name, backup)
         main = (self.etc / "main.cf").read_text()
         hook_main = (HOOKS / "postfix" / "main.cf").read_text()
-        (self.etc / "main.cf").write_text(main.rstrip("\n") + "\n\n" + hook_main)
+        (self.etc / "main.cf").write_text(merge_main_cf(main, hook_main))
         master = (self.etc / "master.cf").read_text()
         hook_master = (HOOKS / "postfix" / "master.cf").read_text()
         (self.etc / "master.cf").write_text(merge_master_cf(master, hook_master))
@@ -830,6 +831,58 @@ class Postfix(Mta):
     def problems(self) -> str:
         pattern = re.compile(r"postfix/[\w/-]+\[\d+\]: (?:warning|error|fatal|panic):")
         return "\n".join(line for line in self.log().splitlines() if pattern.search(line))
+
+
+# A main.cf parameter definition: a logical line that starts in column 1 with "name =".
+_MAIN_CF_PARAMETER = re.compile(r"([A-Za-z0-9_]+)[ \t]*=")
+
+
+def _main_cf_entries(text: str) -> list[tuple[str | None, list[str]]]:
+    """``text`` cut into parameter definitions (name, lines) and other lines (None, [line]).
+
+    Lines keep their line ends. A definition goes on over the lines that start with whitespace
+    (postconf(5)); comments, blank lines and anything else stand alone.
+    """
+    blocks: list[tuple[str | None, list[str]]] = []
+    for line in text.splitlines(keepends=True):
+        definition = _MAIN_CF_PARAMETER.match(line)
+        if definition:
+            blocks.append((definition.group(1), [line]))
+        elif line[:1] in (" ", "\t") and line.strip() and blocks and blocks[-1][0]:
+            blocks[-1][1].append(line)
+        else:
+            blocks.append((None, [line]))
+    return blocks
+
+
+def merge_main_cf(base: str, hook: str) -> str:
+    """``base`` with ``hook`` appended once, as hooks/README.md tells a postmaster to do.
+
+    ``base`` may carry the hook's lines already: a run killed before it restored main.cf, a
+    machine whose postmaster followed the README, the autopkgtest's leftovers. Appending again
+    would define each parameter twice, and Postfix warns about the earlier one ("overriding
+    earlier entry"), which fails :meth:`Postfix.configure`. So an earlier copy of ``hook`` is
+    taken out, and so is every other definition (with its continuation lines) of a parameter
+    ``hook`` defines; every other line of ``base`` is kept byte for byte. Applying this twice
+    gives what applying it once gives.
+    """
+    lines = base.splitlines(keepends=True)
+    hook_lines = hook.splitlines()
+    size = len(hook_lines)
+    start = 0
+    while size and start + size <= len(lines):
+        if [line.rstrip("\r\n") for line in lines[start : start + size]] == hook_lines:
+            del lines[start : start + size]
+        else:
+            start += 1
+    hook_names = {name for name, _ in _main_cf_entries(hook) if name}
+    kept = [
+        line
+        for name, block in _main_cf_entries("".join(lines))
+        if name not in hook_names
+        for line in block
+    ]
+    return "".join(kept).rstrip("\n") + "\n\n" + hook
 
 
 def merge_master_cf(base: str, hook: str) -> str:

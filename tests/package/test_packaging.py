@@ -2,13 +2,16 @@
 
 packaging/ holds files a program never reads in the test suite (the conffile, the man pages, the
 systemd units, sysusers/tmpfiles); these tests stop them drifting from config.py and cli.py.
-They read only the source tree, so they also run during the Debian package build.
+debian/copyright is held to what lintian checks of its DEP-5 form, and to the licence files of
+the third-party test data. They read only the source tree, so they also run during the Debian
+package build.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import re
 import shlex
 import tomllib
@@ -282,3 +285,82 @@ def test_man_page_exim_reinject_command_is_the_documented_one() -> None:
     assert len(shown) == 1
     shown_command = tomllib.loads(shown[0])["reinject"]["command"]
     assert shown_command == tomllib.loads(f"c = {documented.group(1)}")["c"]
+
+
+def _deb822(path: Path) -> list[dict[str, str]]:
+    """The paragraphs of a deb822 file: field name → value, continuation lines joined by "\n"."""
+    paragraphs: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    name = ""
+    for line in [*path.read_text().splitlines(), ""]:
+        if not line.strip():
+            if current:
+                paragraphs.append(current)
+            current = {}
+        elif line[0] in " \t":
+            current[name] += "\n" + line[1:]
+        else:
+            name, _, value = line.partition(":")
+            current[name] = value.strip()
+    return paragraphs
+
+
+COPYRIGHT = _deb822(ROOT / "debian/copyright")
+FILES = [paragraph for paragraph in COPYRIGHT if "Files" in paragraph]
+LICENSES = [p["License"] for p in COPYRIGHT if "License" in p and "Files" not in p]
+
+
+def test_copyright_licences_are_each_defined_once_and_used() -> None:
+    """Every short name a Files paragraph uses has one standalone License paragraph, all used.
+
+    lintian: missing-license-paragraph-in-dep5-copyright, dep5-copyright-license-name-not-unique,
+    unused-license-paragraph-in-dep5-copyright.
+    """
+    assert COPYRIGHT[0]["Format"].startswith("https://www.debian.org/doc/packaging-manuals/")
+    defined = [text.split("\n", 1)[0] for text in LICENSES]
+    assert all("\n" in text for text in LICENSES), "a standalone License paragraph has no text"
+    used = {paragraph["License"] for paragraph in FILES}
+    assert all("\n" not in name for name in used), "licence text belongs in its own paragraph"
+    assert sorted(defined) == sorted(set(defined)) == sorted(used)
+
+
+def test_copyright_files_patterns_are_in_order_and_match() -> None:
+    """The "Files: *" paragraph comes first, and every other pattern matches a file of the tree.
+
+    lintian: global-files-wildcard-not-first-paragraph-in-dep5-copyright,
+    wildcard-matches-nothing-in-dep5-copyright.
+    """
+    patterns = [pattern for paragraph in FILES for pattern in paragraph["Files"].split()]
+    assert FILES[0]["Files"] == "*"
+    for pattern in patterns[1:]:
+        assert any(ROOT.glob(pattern)), f"Files: {pattern} matches nothing"
+
+
+@pytest.mark.parametrize(
+    "licence_file",
+    [
+        pytest.param(path, id=path.relative_to(ROOT).as_posix())
+        for path in sorted((ROOT / "tests" / "data").rglob("*.LICENSE"))
+    ],
+)
+def test_third_party_test_data_is_in_copyright(licence_file: Path) -> None:
+    """Test data that came with a licence has its own Files paragraph with that licence's text.
+
+    The paragraph that applies to a file is the last one whose pattern matches it (DEP-5). The
+    text is compared word for word, since DEP-5 folds it into indented lines.
+    """
+    path = licence_file.relative_to(ROOT).as_posix()
+    matching = [p for p in FILES if any(fnmatch.fnmatch(path, f) for f in p["Files"].split())]
+    paragraph = matching[-1]
+    assert paragraph["Files"] != "*", f"{path} falls under Files: *"
+    # The notice, then the terms; the one licence so far is BSD, whose terms start so.
+    notice, found, terms = licence_file.read_text().partition("Redistribution")
+    assert found, f"{path}: where do the licence terms start?"
+    holders = re.findall(r"\d{4} ([^<\n]+<[^>]+>)", notice)
+    assert holders, f"{path}: no copyright holders found"
+    for holder in holders:
+        assert holder in paragraph["Copyright"], f"{holder} missing from Copyright"
+    (text,) = [t for t in LICENSES if t.split("\n", 1)[0] == paragraph["License"]]
+    # " ." stands for an empty line.
+    recorded = [line for line in text.split("\n")[1:] if line != "."]
+    assert " ".join(recorded).split() == ("Redistribution" + terms).split()
