@@ -8,12 +8,10 @@ unwritable quarantine, a crash in our code, the deadline — is a deferral (exit
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import functools
-import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, BinaryIO, Protocol
@@ -32,7 +30,6 @@ from scatterguard.errors import (
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     TEMPFAIL_STATUS,
-    DeadlineExceeded,
     ScatterguardError,
 )
 from scatterguard.journal import Logger
@@ -60,28 +57,6 @@ class QuarantineStore(Protocol):
 
 
 ALREADY = "already re-injected"
-
-
-class _Alarm(BaseException):
-    """Raised by the deadline timer. A BaseException, so no ``except Exception`` swallows it."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Raise DeadlineExceeded when the block runs longer than ``seconds``."""
-
-    def ring(_signum: int, _frame: Any) -> None:
-        raise _Alarm
-
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    except _Alarm:
-        raise DeadlineExceeded(f"the filter's own deadline of {seconds:g}s passed") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def evaluate(

@@ -182,9 +182,10 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
     state["config"] = config
     from scatterguard import journal, pipeline
     from scatterguard.checks.resolver import Resolver
+    from scatterguard.frontends.deadline import deadline
 
     logger = state["logger"] = journal.setup(config.log)
-    with pipeline.deadline(config.timeout):
+    with deadline(config.timeout):
         outcome = pipeline.filter_stream(
             args,
             os.environ,

@@ -32,6 +32,7 @@ from scatterguard import trust
 from scatterguard.config import Config
 from scatterguard.errors import EX_TEMPFAIL, TEMPFAIL_STATUS, ConfigError
 from scatterguard.frontends import handover
+from scatterguard.frontends.deadline import deadline
 
 REFUSED_STATUS = "4.7.0 Mail filter refused the hand-over, try again later"
 ACCEPT_POLL = 1.0
@@ -294,7 +295,7 @@ def _filter(
             raise handover.HandoverError("not a filter request: argparse exited") from None
         if args.command != "filter":
             raise handover.HandoverError(f"not a filter request: {args.command}")
-        with pipeline.deadline(left):
+        with deadline(left):
             outcome = pipeline.filter_stream(
                 args,
                 request.env,
