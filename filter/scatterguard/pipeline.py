@@ -11,17 +11,17 @@ from __future__ import annotations
 import email.utils
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from scatterguard.actions.delivery import DeliveryRecord
 from scatterguard.actions.reinject import Reinjector
 from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config
 from scatterguard.core import authresults, verdict
-from scatterguard.core.envelope import Envelope, from_values
+from scatterguard.core.envelope import Envelope
 from scatterguard.core.message import Message, Spooled
 from scatterguard.core.results import AuthReport
 from scatterguard.core.verdict import Action, Decision
@@ -33,6 +33,10 @@ from scatterguard.errors import (
     ScatterguardError,
 )
 from scatterguard.journal import Logger
+
+if TYPE_CHECKING:
+    # Only the type: the front ends build the request (and filter_stream reads stdin as they do).
+    from scatterguard.frontends.request import FilterRequest
 
 
 @dataclass(frozen=True)
@@ -228,8 +232,7 @@ def run_filter(
 
 
 def filter_stream(
-    args: Any,
-    environ: Mapping[str, str],
+    request: FilterRequest,
     stdin: BinaryIO,
     config: Config,
     *,
@@ -252,14 +255,13 @@ def filter_stream(
     data: bytes | Spooled | None = None
     try:
         # A large message is spooled in the quarantine's tmp/ (see scatterguard.actions.spool).
-        if args.bsmtp:
+        if request.bsmtp:
             batch = intake.read_bsmtp(stdin, store.spool_directory)
             data = batch.data
-            sender, recipients = batch.sender, [*batch.recipients, *args.recipients]
+            request = request.from_bsmtp(batch.sender, batch.recipients)
         else:
             data = intake.read_message(stdin, store.spool_directory)
-            sender, recipients = args.sender, args.recipients
-        envelope = from_values(sender, recipients, vars(args), environ)
+        envelope = request.envelope()
     except ScatterguardError as exc:
         spool.close(data)
         outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)

@@ -275,6 +275,7 @@ def _filter(
 
     from scatterguard import pipeline
     from scatterguard.frontends import cli
+    from scatterguard.frontends.request import from_namespace
 
     def confirm() -> None:
         handover.confirm(conn, request.deadline)
@@ -297,8 +298,7 @@ def _filter(
             raise handover.HandoverError(f"not a filter request: {args.command}")
         with deadline(left):
             outcome = pipeline.filter_stream(
-                args,
-                request.env,
+                from_namespace(args, request.env),
                 stdin,
                 config,
                 resolver=resolver,
