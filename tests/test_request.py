@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import ipaddress
+import os
+import signal
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scatterguard import journal, pipeline
-from scatterguard.errors import ScatterguardError, UsageError
-from scatterguard.frontends import cli, request
+from scatterguard.config import Config
+from scatterguard.errors import TEMPFAIL_STATUS, ScatterguardError, UsageError
+from scatterguard.frontends import cli, handover, request, server
 from scatterguard.frontends.request import FilterRequest, parse_filter
 
 PACKAGE = Path(__file__).resolve().parents[1] / "filter" / "scatterguard"
@@ -130,6 +138,52 @@ def test_cli_and_request_parsers_agree_on_filter() -> None:
     )
 
 
+# The same argv and environment, read by the in-process filter and by a server worker.
+CASES = [
+    pytest.param(
+        [
+            "filter",
+            "--sender=",
+            "--client-address=192.0.2.7",
+            "--helo=",
+            "--queue-id",
+            "4Zx",
+            "--",
+            "b@y.example",
+            "-c@y.example",
+        ],
+        FilterRequest(
+            sender="",
+            recipients=("b@y.example", "-c@y.example"),
+            client_address="192.0.2.7",
+            helo=None,
+            queue_id="4Zx",
+            sasl_user="dave;admin",
+        ),
+        id="postfix",
+    ),
+    pytest.param(
+        ["filter", "--bsmtp"],
+        FilterRequest(
+            sender=None,
+            client_address="2001:db8::25",
+            helo="env.example",
+            queue_id="ENVQ",
+            sasl_user="dave;admin",
+            bsmtp=True,
+        ),
+        id="exim-bsmtp",
+    ),
+]
+ENVIRONMENT = {
+    "SCATTERGUARD_CLIENT_ADDRESS": "2001:db8::25",
+    "SCATTERGUARD_HELO": "env.example",
+    "SCATTERGUARD_QUEUE_ID": "ENVQ",
+    "SCATTERGUARD_SASL_USER": "dave;admin",
+    "UNRELATED": "x",
+}
+
+
 class _Quiet:
     """A logger that keeps the last line."""
 
@@ -137,6 +191,82 @@ class _Quiet:
         self.last = (event, values)
 
     error = info
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[FilterRequest]:
+    """pipeline.filter_stream replaced by a recorder that defers, and no logging."""
+    seen: list[FilterRequest] = []
+
+    def record(filter_request: FilterRequest, *_args: Any, **_kwargs: Any) -> pipeline.Outcome:
+        seen.append(filter_request)
+        return pipeline.Outcome(75, TEMPFAIL_STATUS)
+
+    monkeypatch.setattr(pipeline, "filter_stream", record)
+    monkeypatch.setattr(journal, "setup", lambda *_args, **_kwargs: _Quiet())
+    return seen
+
+
+def _through_cli(argv: list[str], config: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """cli.main in filter mode, with ENVIRONMENT as its environment and no server to find."""
+    for name in list(os.environ):
+        if name.startswith("SCATTERGUARD_"):
+            monkeypatch.delenv(name)
+    for name, value in ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SCATTERGUARD_CONFIG", "/nonexistent/ignored-for-config-option.toml")
+    # main() marks optional modules absent and traps SIGTERM: not in the test process.
+    monkeypatch.setattr(cli, "skip_unused_optional_imports", lambda: None)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return cli.main(["--config", str(config), *argv])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _through_server(argv: list[str], config: Path) -> handover.Reply:
+    """The same argv and environment handed over on the real wire to server.handle."""
+    environ = {**ENVIRONMENT, "SCATTERGUARD_CONFIG": "/nonexistent/never-sent.toml"}
+    ours, theirs = socket.socketpair()
+    reader, writer = os.pipe()
+    os.close(writer)
+    replies: list[handover.Reply] = []
+    now = time.monotonic()
+    client = threading.Thread(
+        target=lambda: replies.append(
+            handover.hand_over(
+                theirs, ["--config", str(config), *argv], environ, reader, now + 10, now + 20
+            )
+        )
+    )
+    client.start()
+    try:
+        with ours:
+            server.handle(ours, Config(), frozenset({os.geteuid()}), None, _Quiet())
+        client.join(20)
+    finally:
+        theirs.close()
+        os.close(reader)
+    assert replies, "the client got no answer"
+    return replies[0]
+
+
+@pytest.mark.parametrize(("argv", "expected"), CASES)
+def test_cli_and_server_read_the_same_request(
+    argv: list[str],
+    expected: FilterRequest,
+    recorded: list[FilterRequest],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One argv and environment give the same request in process and after the hand-over."""
+    config = tmp_path / "scatterguard.toml"
+    config.write_text(f'[server]\nsocket = "{tmp_path}/absent.sock"\n')
+    assert _through_cli(argv, config, monkeypatch) == 75
+    reply = _through_server(argv, config)
+    assert (reply.code, reply.status) == (75, TEMPFAIL_STATUS)
+    in_process, handed_over = recorded
+    assert in_process == handed_over == dataclasses.replace(expected, config=str(config))
 
 
 def test_check_builds_its_envelope_through_the_request(
@@ -183,6 +313,13 @@ def _imports(path: Path) -> set[str]:
             found.add(node.module)
             found |= {f"{node.module}.{alias.name}" for alias in node.names}
     return found
+
+
+def test_server_does_not_import_the_cli() -> None:
+    """The server reads handed-over argv with frontends/request.py: no cli ↔ server cycle."""
+    imported = _imports(PACKAGE / "frontends" / "server.py")
+    assert "scatterguard.frontends.cli" not in imported
+    assert "scatterguard.frontends.request" in imported
 
 
 BELOW_THE_FRONT_ENDS = sorted(
