@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from scatterguard.actions.delivery import KEEP_HOURS, DeliveryRecord
-from scatterguard.core.envelope import Envelope, from_values
+from scatterguard.core.envelope import Envelope, parse_envelope
 from scatterguard.errors import QuarantineError, ReinjectError
 
 
 def _envelope(queue_id: str | None, recipients: tuple[str, ...] = ("b@y.example",)) -> Envelope:
-    return from_values("a@x.example", list(recipients), {"queue_id": queue_id}, {})
+    return parse_envelope("a@x.example", recipients, queue_id=queue_id)
 
 
 def test_key_depends_on_queue_id_envelope_and_bytes() -> None:

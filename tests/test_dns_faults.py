@@ -81,8 +81,8 @@ def _words(report: AuthReport) -> tuple[str, tuple[str, ...], str]:
 
 def _evaluate(resolver: Resolver, data: bytes, client: str = CLIENT) -> pipeline.Evaluation:
     config = Config(authserv_id=AUTHSERV, dns=DnsConfig(resolver.nameservers, resolver.timeout))
-    envelope = envelope_mod.from_values(
-        SENDER, ["bob@rcpt.example"], {"client_address": client, "helo": HELO}, {}
+    envelope = envelope_mod.parse_envelope(
+        SENDER, ["bob@rcpt.example"], client_address=client, helo=HELO
     )
     return pipeline.evaluate(Message(data), envelope, config, resolver, time.time())
 

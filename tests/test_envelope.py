@@ -1,15 +1,17 @@
-"""Envelope intake from options and SCATTERGUARD_* environment variables."""
+"""The envelope's values as the MTA hands them over: reverse-paths, recipients, client values.
+
+Merging options with SCATTERGUARD_* variables is the front ends' part: tests/test_request.py.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scatterguard.core.envelope import from_values, parse_sender
+from scatterguard.core.envelope import parse_envelope, parse_sender
 from scatterguard.errors import UsageError
 
 
@@ -46,30 +48,6 @@ def test_bad_senders(text: str) -> None:
         parse_sender(text)
 
 
-def test_options_win_over_environment() -> None:
-    """Options win over SCATTERGUARD_* variables; the environment fills what is missing."""
-    env = {
-        "SCATTERGUARD_CLIENT_ADDRESS": "192.0.2.9",
-        "SCATTERGUARD_HELO": "env.example",
-        "SCATTERGUARD_QUEUE_ID": "1abc-00",
-        "SCATTERGUARD_SASL_USER": "",
-    }
-    envelope = from_values(
-        "a@x.example", ["b@y.example"], {"client_address": "198.51.100.1", "helo": None}, env
-    )
-    assert envelope.client_address == ipaddress.ip_address("198.51.100.1")
-    assert envelope.helo == "env.example"
-    assert envelope.queue_id == "1abc-00"
-    assert envelope.sasl_user is None
-
-
-def test_empty_option_is_empty_not_environment() -> None:
-    """Postfix passes --helo= for a client without HELO; that empty value wins."""
-    envelope = from_values("", ["b@y.example"], {"helo": ""}, {"SCATTERGUARD_HELO": "env.example"})
-    assert envelope.helo is None
-    assert envelope.sender is None
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -81,7 +59,7 @@ def test_empty_option_is_empty_not_environment() -> None:
 def test_bad_envelope_values(options: dict[str, str], message: str) -> None:
     """Hostile envelope values are refused with a message naming them."""
     with pytest.raises(UsageError, match=message):
-        from_values("a@x.example", ["b@y.example"], options, {})
+        parse_envelope("a@x.example", ["b@y.example"], **options)
 
 
 @pytest.mark.parametrize(
@@ -95,27 +73,25 @@ def test_bad_envelope_values(options: dict[str, str], message: str) -> None:
 )
 def test_client_addresses(client: str, expected: str | None) -> None:
     """IPv6, tagged and v4-mapped client addresses are understood."""
-    envelope = from_values("a@x.example", ["b@y.example"], {"client_address": client}, {})
+    envelope = parse_envelope("a@x.example", ["b@y.example"], client_address=client)
     assert (str(envelope.client_address) if envelope.client_address else None) == expected
 
 
-def test_recipients_required_and_checked() -> None:
-    """No recipients, or a recipient with CR/LF or a leading dash, is a usage error."""
-    with pytest.raises(UsageError, match="no recipients"):
-        from_values("a@x.example", [], {}, {})
-    for bad in ("b@y.example\r\nDATA", ""):
-        with pytest.raises(UsageError):
-            from_values("a@x.example", [bad], {}, {})
+def test_recipients_checked() -> None:
+    """A recipient with CR/LF, or an empty one, is a usage error."""
+    for bad in ("b@y.example\r\nDATA", "", "<>"):
+        with pytest.raises(UsageError, match="recipient"):
+            parse_envelope("a@x.example", [bad])
 
 
 def test_recipient_may_start_with_a_dash() -> None:
     """A recipient like -oi@y.example is taken: it always follows "--" when re-injected."""
-    assert from_values("a@x.example", ["-oi@y.example"], {}, {}).recipients == ("-oi@y.example",)
+    assert parse_envelope("a@x.example", ["-oi@y.example"]).recipients == ("-oi@y.example",)
 
 
 def test_long_helo_is_dropped() -> None:
     """A 300-character HELO is the client's fault: it is ignored, not an error."""
-    envelope = from_values("a@x.example", ["b@y.example"], {"helo": "h" * 300}, {})
+    envelope = parse_envelope("a@x.example", ["b@y.example"], helo="h" * 300)
     assert envelope.helo is None
 
 
@@ -177,3 +153,12 @@ def test_parse_sender_never_raises_but_for_control_characters(text: str) -> None
     if sender.domain is not None:
         raw = sender.text.rpartition("@")[2].rstrip(".")
         assert sender.domain == raw.lower() or not raw.isascii()
+
+
+def test_empty_values_are_none() -> None:
+    """An empty client address, HELO, queue id or SASL user is the same as none given."""
+    envelope = parse_envelope(
+        "", ["b@y.example"], client_address="", helo="", queue_id="", sasl_user=""
+    )
+    values = (envelope.client_address, envelope.helo, envelope.queue_id, envelope.sasl_user)
+    assert values == (None, None, None, None)

@@ -26,7 +26,7 @@ from fakes import FakeSendmail
 from scatterguard.actions.quarantine.directory import Store
 from scatterguard.checks.resolver import Answer, Resolver
 from scatterguard.config import Config, QuarantineConfig
-from scatterguard.core.envelope import from_values
+from scatterguard.core.envelope import parse_envelope
 from scatterguard.core.message import Payload
 from scatterguard.pipeline import Outcome, run_filter
 
@@ -393,9 +393,7 @@ class _Quiet:
 def _in_process(resolver: Resolver, data: bytes, tmp: Path) -> tuple[Outcome, _Recorder]:
     config = Config(authserv_id=AUTHSERV, quarantine=QuarantineConfig(directory=tmp / "q"))
     recorder = _Recorder()
-    env = from_values(
-        "alice@sender.example", ["bob@rcpt.example"], {"client_address": "192.0.2.5"}, {}
-    )
+    env = parse_envelope("alice@sender.example", ["bob@rcpt.example"], client_address="192.0.2.5")
     outcome = run_filter(
         data,
         env,

@@ -2,7 +2,8 @@
 
 The argv of the Postfix pipe service in ``hooks/postfix/master.cf`` (with its macros replaced as
 pipe(8) would replace them) and the command and environment of the Exim transport in
-``hooks/exim4/`` are fed to scatterguard's real argument parser and envelope builder. The other
+``hooks/exim4/`` are fed to scatterguard's real request parser (the one the in-process filter and
+the resident server both read a filter's argv and environment with) and envelope builder. The other
 values the hooks must agree on (service and transport names, the re-injection marker, time
 limits above the filter's own deadline, exit statuses) are checked here too.
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from scatterguard.config import Config
-from scatterguard.core import envelope
-from scatterguard.frontends.cli import build_parser
+from scatterguard.defaults import ENV_PREFIX
+from scatterguard.frontends import request
 
 HOOKS = Path(__file__).resolve().parent.parent / "hooks"
 POSTFIX_MASTER = HOOKS / "postfix" / "master.cf"
@@ -182,13 +183,12 @@ def test_postfix_argv_parses_into_the_envelope(
     """The master.cf argv, expanded as pipe(8) does, gives the CLI the envelope Postfix meant."""
     argv = expand_pipe(pipe_argv(SERVICE), macros, recipients)
     assert argv[0] == "/usr/bin/scatterguard"
-    args = build_parser().parse_args(argv[1:])
-    assert args.command == "filter"
-    assert not args.bsmtp
-    assert args.recipients == recipients
-    built = envelope.from_values(args.sender, args.recipients, vars(args), {})
+    parsed = request.parse_filter(argv[1:], {})
+    assert not parsed.bsmtp
+    assert list(parsed.recipients) == recipients
+    built = parsed.envelope()
     sender, client, helo, queue_id, sasl = expected
-    assert args.sender == sender
+    assert parsed.sender == sender
     assert str(built.client_address) == client
     assert built.helo == helo
     assert built.queue_id == queue_id
@@ -242,10 +242,9 @@ def test_exim_command_parses_as_bsmtp_filter() -> None:
     assert "$" not in command
     argv = command.split()
     assert argv[0] == "/usr/bin/scatterguard"
-    args = build_parser().parse_args(argv[1:])
-    assert args.command == "filter"
-    assert args.bsmtp
-    assert args.recipients == []
+    parsed = request.parse_filter(argv[1:], {})
+    assert parsed.bsmtp
+    assert parsed.recipients == ()
 
 
 @pytest.mark.parametrize(
@@ -278,9 +277,9 @@ def test_exim_environment_reaches_the_envelope(
 ) -> None:
     """The transport's environment list, expanded and split as Exim does, fills the envelope."""
     environ = exim_environment(TRANSPORT["environment"], variables)
-    assert set(environ) == {envelope.ENV_PREFIX + name.upper() for name in envelope.ENV_FIELDS}
-    args = build_parser().parse_args(TRANSPORT["command"].split()[1:])
-    built = envelope.from_values("news@sender.example", ["a@example.net"], vars(args), environ)
+    assert set(environ) == {ENV_PREFIX + name.upper() for name in request.ENV_FIELDS}
+    parsed = request.parse_filter(TRANSPORT["command"].split()[1:], environ)
+    built = parsed.from_bsmtp("news@sender.example", ["a@example.net"]).envelope()
     client, helo, queue_id, sasl = expected
     assert str(built.client_address) == client
     assert built.helo == helo

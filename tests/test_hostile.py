@@ -280,8 +280,9 @@ class RecordingLog:
 
 
 def _envelope(sender: str, client: str, helo: str = hostile.HELO) -> Envelope:
-    options = {"client_address": client, "helo": helo, "queue_id": "Q1"}
-    return envelope_mod.from_values(sender, [hostile.RECIPIENT], options, {})
+    return envelope_mod.parse_envelope(
+        sender, [hostile.RECIPIENT], client_address=client, helo=helo, queue_id="Q1"
+    )
 
 
 # name → (envelope, what it may end in)

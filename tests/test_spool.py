@@ -41,10 +41,10 @@ from scatterguard.config import (
     QuarantineConfig,
     ReinjectConfig,
 )
-from scatterguard.core.envelope import from_values
+from scatterguard.core.envelope import parse_envelope
 from scatterguard.core.message import Message, Payload, Spooled
 from scatterguard.errors import InputError, QuarantineError, ReinjectError, SpoolError
-from scatterguard.frontends import cli, intake
+from scatterguard.frontends import intake, request
 from signing import Signer, sample_message
 
 AUTHSERV = "mx.rcpt.example"
@@ -418,7 +418,7 @@ def test_quarantine_copy_falls_back_to_sendfile(
 
 def test_delivery_key_of_a_spooled_message(tmp_path: Path) -> None:
     """The delivery record names a spooled message as it names the same bytes in memory."""
-    envelope = from_values("a@x.example", ["b@y.example"], {"queue_id": "Q1"}, {})
+    envelope = parse_envelope("a@x.example", ["b@y.example"], queue_id="Q1")
     data = TRICKY["lf-dots"]
     with spooled(data, tmp_path) as source:
         assert DeliveryRecord.key(envelope, source) == DeliveryRecord.key(envelope, data)
@@ -458,9 +458,9 @@ class Setup:
         self.log = Log()
 
     def run(self, argv: list[str], stdin: bytes) -> pipeline.Outcome:
-        args = cli.build_parser().parse_args(["filter", *argv])
+        filter_request = request.parse_filter(["filter", *argv], {})
         return pipeline.filter_stream(
-            args, {}, io.BytesIO(stdin), self.config, resolver=self.resolver, logger=self.log
+            filter_request, io.BytesIO(stdin), self.config, resolver=self.resolver, logger=self.log
         )
 
     def entries(self) -> list[Path]:

@@ -8,22 +8,20 @@ unwritable quarantine, a crash in our code, the deadline — is a deferral (exit
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import functools
-import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from scatterguard.actions.delivery import DeliveryRecord
 from scatterguard.actions.reinject import Reinjector
 from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config
 from scatterguard.core import authresults, verdict
-from scatterguard.core.envelope import Envelope, from_values
+from scatterguard.core.envelope import Envelope
 from scatterguard.core.message import Message, Spooled
 from scatterguard.core.results import AuthReport
 from scatterguard.core.verdict import Action, Decision
@@ -32,10 +30,13 @@ from scatterguard.errors import (
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     TEMPFAIL_STATUS,
-    DeadlineExceeded,
     ScatterguardError,
 )
 from scatterguard.journal import Logger
+
+if TYPE_CHECKING:
+    # Only the type: the front ends build the request (and filter_stream reads stdin as they do).
+    from scatterguard.frontends.request import FilterRequest
 
 
 @dataclass(frozen=True)
@@ -60,28 +61,6 @@ class QuarantineStore(Protocol):
 
 
 ALREADY = "already re-injected"
-
-
-class _Alarm(BaseException):
-    """Raised by the deadline timer. A BaseException, so no ``except Exception`` swallows it."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Raise DeadlineExceeded when the block runs longer than ``seconds``."""
-
-    def ring(_signum: int, _frame: Any) -> None:
-        raise _Alarm
-
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    except _Alarm:
-        raise DeadlineExceeded(f"the filter's own deadline of {seconds:g}s passed") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def evaluate(
@@ -253,8 +232,7 @@ def run_filter(
 
 
 def filter_stream(
-    args: Any,
-    environ: Mapping[str, str],
+    request: FilterRequest,
     stdin: BinaryIO,
     config: Config,
     *,
@@ -277,14 +255,13 @@ def filter_stream(
     data: bytes | Spooled | None = None
     try:
         # A large message is spooled in the quarantine's tmp/ (see scatterguard.actions.spool).
-        if args.bsmtp:
+        if request.bsmtp:
             batch = intake.read_bsmtp(stdin, store.spool_directory)
             data = batch.data
-            sender, recipients = batch.sender, [*batch.recipients, *args.recipients]
+            request = request.from_bsmtp(batch.sender, batch.recipients)
         else:
             data = intake.read_message(stdin, store.spool_directory)
-            sender, recipients = args.sender, args.recipients
-        envelope = from_values(sender, recipients, vars(args), environ)
+        envelope = request.envelope()
     except ScatterguardError as exc:
         spool.close(data)
         outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)

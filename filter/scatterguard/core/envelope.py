@@ -1,14 +1,16 @@
 """The SMTP envelope of one message: reverse-path, recipients and what the MTA knew of the client.
 
 The envelope comes from the command line, the environment (Exim passes tainted values there) or a
-batch SMTP stream; this module only validates and holds it. Nothing in it touches the network.
+batch SMTP stream; gathering those is the front ends' work (:mod:`scatterguard.frontends.request`).
+This module only validates and holds the values. Nothing in it touches the network or reads the
+environment.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scatterguard.errors import UsageError
@@ -17,8 +19,6 @@ from scatterguard.errors import UsageError
 # or an argument.
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
 
-ENV_PREFIX = "SCATTERGUARD_"
-ENV_FIELDS = ("client_address", "helo", "queue_id", "sasl_user")
 # Queue ids become part of quarantine ids and log lines: keep them to what MTAs produce.
 _QUEUE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 MAX_HELO = 255
@@ -249,36 +249,27 @@ def parse_recipient(text: str) -> str:
     return text
 
 
-def from_values(
-    sender: str | None,
+def parse_envelope(
+    sender: str,
     recipients: Sequence[str],
-    options: Mapping[str, str | None],
-    environ: Mapping[str, str],
     *,
-    require_recipients: bool = True,
+    client_address: str | None = None,
+    helo: str | None = None,
+    queue_id: str | None = None,
+    sasl_user: str | None = None,
 ) -> Envelope:
-    """Build an envelope from option values, falling back to ``SCATTERGUARD_*`` variables.
+    """Validate the envelope's values as the MTA handed them over; raises UsageError.
 
-    An option given on the command line wins over the environment, even when it is empty (Postfix
-    passes ``--helo=`` when the client gave none).
+    An empty value is the same as none (Postfix passes ``--helo=`` when the client gave none).
+    Every refusal names the value: a bad envelope is a configuration fault, never a bounce.
     """
-    merged: dict[str, str | None] = {}
-    for name in ENV_FIELDS:
-        value = options.get(name)
-        if value is None:
-            value = environ.get(ENV_PREFIX + name.upper())
-        merged[name] = value or None
-    if sender is None:
-        raise UsageError("no sender given (use -f '' for the null reverse-path)")
-    if require_recipients and not recipients:
-        raise UsageError("no recipients given")
     return Envelope(
         sender=parse_sender(sender),
         recipients=tuple(parse_recipient(r) for r in recipients),
-        client_address=_parse_ip(merged["client_address"]),
-        helo=_parse_helo(merged["helo"]),
-        queue_id=_parse_queue_id(merged["queue_id"]),
-        sasl_user=_clean(merged["sasl_user"], "SASL user"),
+        client_address=_parse_ip(client_address or None),
+        helo=_parse_helo(helo or None),
+        queue_id=_parse_queue_id(queue_id or None),
+        sasl_user=_clean(sasl_user or None, "SASL user"),
     )
 
 

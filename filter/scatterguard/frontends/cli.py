@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 
-from scatterguard import __version__
 from scatterguard.errors import (
     EX_OK,
     EX_TEMPFAIL,
@@ -29,44 +28,33 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
-    from typing import Any, NoReturn, TextIO
+    from typing import Any, TextIO
 
 EX_FAIL = 1
 EX_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, as DESIGN.md §Contract describes it."""
-    import argparse
+    """The whole command line, as DESIGN.md §Contract describes it.
 
-    class _Parser(argparse.ArgumentParser):
-        """An ArgumentParser that raises UsageError instead of printing and exiting."""
+    Its top and ``filter`` come from :func:`scatterguard.frontends.request.command_line`, which
+    the resident server parses a handed-over argv with.
+    """
+    from scatterguard.frontends import request
 
-        def error(self, message: str) -> NoReturn:
-            raise UsageError(message)
-
-    parser = _Parser(prog="scatterguard", description="After-queue SPF/DKIM/DMARC mail filter.")
-    parser.add_argument("--version", action="version", version=f"scatterguard {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
-    filt = commands.add_parser("filter", help="filter one message from the MTA (pipe mode)")
-    filt.add_argument(
-        "--bsmtp", action="store_true", help="read envelope and message as batch SMTP (Exim)"
-    )
-    _envelope_options(filt)
-
+    parser, commands = request.command_line()
     check = commands.add_parser("check", help="decide and explain; acts on nothing")
     check.add_argument("--json", action="store_true", help="print one JSON object")
-    _envelope_options(check)
+    request.add_envelope_options(check)
 
     serve = commands.add_parser("serve", help="run the resident server that filter hands over to")
     serve.add_argument("--socket", metavar="PATH", help="default: server.socket")
     serve.add_argument("--workers", type=int, metavar="N", help="default: server.workers")
 
     quarantine = commands.add_parser("quarantine", help="list and manage quarantined messages")
-    q_commands = quarantine.add_subparsers(dest="q_command", metavar="ACTION", parser_class=_Parser)
+    q_commands = quarantine.add_subparsers(
+        dest="q_command", metavar="ACTION", parser_class=request.Parser
+    )
     q_commands.required = True
     q_list = q_commands.add_parser("list", help="list the entries")
     q_list.add_argument("--json", action="store_true", help="print a JSON array")
@@ -81,15 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", type=float, metavar="DAYS", help="default: quarantine.purge_after_days"
     )
     return parser
-
-
-def _envelope_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-f", "--sender", metavar="ADDR", help='reverse-path; "" or "<>" is null')
-    parser.add_argument("--client-address", metavar="IP", help="IP of the SMTP client")
-    parser.add_argument("--helo", metavar="NAME", help="HELO/EHLO name the client gave")
-    parser.add_argument("--queue-id", metavar="ID", help="the MTA's queue id")
-    parser.add_argument("--sasl-user", metavar="NAME", help="set when the client authenticated")
-    parser.add_argument("recipients", nargs="*", metavar="RECIPIENT")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _filter_mode(argv: Sequence[str]) -> bool:
-    """True when the subcommand is ``filter`` (options before it take at most one value)."""
+    """True when the subcommand is ``filter`` (options before it take at most one value).
+
+    This and :func:`_config_argument` are the only argv reading before the hand-over: they stay
+    here, beside the fast path, so that a handed-over message costs no more imports than the
+    few that path needs (:mod:`scatterguard.frontends.request` brings argparse and dataclasses).
+    """
     index = 0
     while index < len(argv):
         arg = argv[index]
@@ -166,11 +150,12 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
     import contextlib
 
     from scatterguard import config as config_mod
+    from scatterguard.frontends import request
 
     config = None
     try:
-        args = _parse_filter_args(argv)
-        config = config_mod.for_filter(config_mod.load(args.config))
+        filter_request = request.parse_filter(argv, os.environ)
+        config = config_mod.for_filter(config_mod.load(filter_request.config))
     except BaseException:
         # Log even a bad command line or configuration: to the configured syslog when the
         # configuration can still be read (or at least its [log] table), else with the defaults.
@@ -182,36 +167,18 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
     state["config"] = config
     from scatterguard import journal, pipeline
     from scatterguard.checks.resolver import Resolver
+    from scatterguard.frontends.deadline import deadline
 
     logger = state["logger"] = journal.setup(config.log)
-    with pipeline.deadline(config.timeout):
+    with deadline(config.timeout):
         outcome = pipeline.filter_stream(
-            args,
-            os.environ,
+            filter_request,
             sys.stdin.buffer,
             config,
             resolver=Resolver(config.dns.nameservers, config.dns.timeout),
             logger=logger,
         )
     return outcome.code, outcome.status
-
-
-def _parse_filter_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse filter mode's argv; ``--help`` and ``--version`` are usage errors there.
-
-    Filter mode's stdout holds the status line and nothing else, and its exit codes are 0, 69
-    and 75: argparse's help or version text and its SystemExit would break both.
-    """
-    import contextlib
-    import io
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return build_parser().parse_args(argv)
-    except SystemExit:
-        raise UsageError(
-            "filter mode does not take --help or --version; see scatterguard(8)"
-        ) from None
 
 
 def _fill_standard_fds() -> None:
@@ -350,23 +317,20 @@ def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     from scatterguard import config as config_mod
     from scatterguard import journal, pipeline
     from scatterguard.checks.resolver import Resolver
-    from scatterguard.core import envelope as envelope_mod
     from scatterguard.core.message import Message
-    from scatterguard.frontends import intake
+    from scatterguard.frontends import intake, request
 
     started = time.monotonic()
     config = config_mod.load(args.config)
     # check logs its one line to stderr (the explanation goes to stdout), never to syslog.
     logger = journal.setup(config.log, stderr=True)
     message = Message(intake.read_all(stdin))
-    sender = args.sender
-    if sender is None:
+    check_request = request.from_namespace(args, os.environ)
+    if check_request.sender is None:
         # A saved message carries its reverse-path in Return-Path (RFC 5321 §4.4).
         paths = message.values("Return-Path")
-        sender = paths[0].strip() if paths else ""
-    envelope = envelope_mod.from_values(
-        sender, args.recipients, vars(args), os.environ, require_recipients=False
-    )
+        check_request = check_request.with_sender(paths[0].strip() if paths else "")
+    envelope = check_request.envelope(require_recipients=False)
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
     evaluation = pipeline.evaluate(message, envelope, config, resolver, time.time())
     pipeline.log_line(logger, message, envelope, evaluation, pipeline.Outcome(EX_OK), started)

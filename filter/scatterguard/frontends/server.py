@@ -32,6 +32,8 @@ from scatterguard import trust
 from scatterguard.config import Config
 from scatterguard.errors import EX_TEMPFAIL, TEMPFAIL_STATUS, ConfigError
 from scatterguard.frontends import handover
+from scatterguard.frontends.deadline import deadline
+from scatterguard.frontends.request import parse_filter
 
 REFUSED_STATUS = "4.7.0 Mail filter refused the hand-over, try again later"
 ACCEPT_POLL = 1.0
@@ -269,11 +271,13 @@ def _filter(
     left: float,
     own_deadline: float,
 ) -> tuple[int, str | None]:
-    """Filter the handed-over message; every failure, argparse's exits included, is a 75."""
-    import io
+    """Filter the handed-over message; every failure, a bad argv included, is a 75.
 
+    The argv and environment are read exactly as the in-process filter reads its own
+    (:func:`scatterguard.frontends.request.parse_filter`); ``--help`` and the like are usage
+    errors there, and print nothing.
+    """
     from scatterguard import pipeline
-    from scatterguard.frontends import cli
 
     def confirm() -> None:
         handover.confirm(conn, request.deadline)
@@ -282,22 +286,10 @@ def _filter(
         signal.setitimer(signal.ITIMER_REAL, max(0.001, own_deadline - time.monotonic()))
 
     try:
-        try:
-            # argparse prints --help and --version (to our stdout) and exits: neither is a
-            # filter request, and neither may end the worker.
-            with (
-                contextlib.redirect_stdout(io.StringIO()),
-                contextlib.redirect_stderr(io.StringIO()),
-            ):
-                args = cli.build_parser().parse_args(request.argv)
-        except SystemExit:
-            raise handover.HandoverError("not a filter request: argparse exited") from None
-        if args.command != "filter":
-            raise handover.HandoverError(f"not a filter request: {args.command}")
-        with pipeline.deadline(left):
+        filter_request = parse_filter(request.argv, request.env)
+        with deadline(left):
             outcome = pipeline.filter_stream(
-                args,
-                request.env,
+                filter_request,
                 stdin,
                 config,
                 resolver=resolver,
