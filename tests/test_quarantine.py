@@ -154,6 +154,32 @@ def test_null_sender_is_stored_as_empty_string(store: Store) -> None:
     assert "sender:      <>\n" in out.getvalue()
 
 
+# An entry file byte for byte: the on-disk format (DESIGN.md) and the id must never change, or a
+# retry after an upgrade would not find the entry its first attempt wrote.
+GOLDEN_ID = "9111ed612b181b4fcae5c8d4deb514e4"
+GOLDEN_FILE = (
+    b'{"id":"9111ed612b181b4fcae5c8d4deb514e4","received":"2026-11-27T06:00:00.000000Z",'
+    b'"sender":"ceo@reject.example","recipients":["bob@rcpt.example","carol@rcpt.example"],'
+    b'"client_address":"203.0.113.9","helo":"bad.example","queue_id":"4AbCdE",'
+    b'"action":"quarantine","reverse_path_verified":false,'
+    b'"reasons":["DMARC fail, policy reject","reverse-path not verified: quarantine"],'
+    b'"authentication_results":"mx.rcpt.example; spf=fail smtp.mailfrom=reject.example;'
+    b' dkim=none; dmarc=fail policy.dmarc=reject header.from=reject.example",'
+    b'"size":23,"sha256":"ec628cb6d1307486ce56d0e53fd443d1ecc70db4e974c5e874577a871bea31fc",'
+    b'"format":1}\nSubject: hi\r\n\r\nbody\x00\xe9\r\n'
+)
+
+
+def test_entry_file_format_is_fixed(store: Store) -> None:
+    """An entry is written exactly as every earlier version wrote it, and such a file reads."""
+    entry = store.put(meta(), b"Subject: hi\r\n\r\nbody\x00\xe9\r\n")
+    assert entry.id == GOLDEN_ID
+    assert (store.directory / GOLDEN_ID).read_bytes() == GOLDEN_FILE
+    (store.directory / GOLDEN_ID).unlink()
+    (store.directory / GOLDEN_ID).write_bytes(GOLDEN_FILE)
+    assert store.get(GOLDEN_ID) == (entry, b"Subject: hi\r\n\r\nbody\x00\xe9\r\n")
+
+
 def test_same_queue_id_retried_is_one_entry(store: Store, clock: Clock) -> None:
     """A retried delivery (same queue id, envelope, bytes) returns the first entry unchanged."""
     first = store.put(meta(), DATA)
