@@ -435,6 +435,8 @@ def explain(evaluation: Any) -> dict[str, Any]:
 
 def human(document: dict[str, Any]) -> str:
     """A readable summary of a ``check`` result, for a person at a terminal."""
+    from scatterguard.core.terminal import printable
+
     lines = [f"action:   {document['action']}"]
     if document.get("status"):
         lines.append(f"status:   {document['status']}")
@@ -458,11 +460,7 @@ def human(document: dict[str, Any]) -> str:
     lines.append("reasons:")
     lines.extend(f"  - {reason}" for reason in document["reasons"])
     lines.append(f"Authentication-Results: {document['authentication_results']}")
-    return "\n".join(_printable(line) for line in lines) + "\n"
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _serve_main(args: argparse.Namespace) -> int:

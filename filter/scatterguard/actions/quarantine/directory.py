@@ -64,6 +64,7 @@ from scatterguard.actions import spool
 from scatterguard.actions.safedir import Directory, UnsafeStore
 from scatterguard.core import authresults
 from scatterguard.core.message import Message, Payload, Spooled
+from scatterguard.core.terminal import printable
 from scatterguard.errors import QuarantineError, ReinjectError
 
 if TYPE_CHECKING:
@@ -367,7 +368,7 @@ class Store:
     def _check_id(entry_id: str) -> None:
         if not valid_id(entry_id):
             raise NotFound(
-                f"quarantine: '{_printable(entry_id)}' is not a quarantine id (32 hex digits)"
+                f"quarantine: '{printable(entry_id)}' is not a quarantine id (32 hex digits)"
             )
 
     def entry(self, entry_id: str) -> Entry:
@@ -669,29 +670,14 @@ def _reason(exc: OSError) -> str:
 # ---- the command functions ------------------------------------------------------------------
 
 
-def _printable(text: str) -> str:
-    """Escape every character a terminal could act on (C0/C1 controls, bidi overrides, ...)."""
-    out = []
-    for char in text:
-        if char.isprintable():
-            out.append(char)
-        elif ord(char) < 0x100:
-            out.append(f"\\x{ord(char):02x}")
-        elif ord(char) < 0x10000:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    return "".join(out)
-
-
 def _fail(err: TextIO | None, exc: Exception) -> int:
     stream = sys.stderr if err is None else err
-    stream.write(_printable(str(exc).replace("\n", " ")) + "\n")
+    stream.write(printable(str(exc).replace("\n", " ")) + "\n")
     return 1
 
 
 def _sender(text: str) -> str:
-    return _printable(text) if text else "<>"
+    return printable(text) if text else "<>"
 
 
 def _short_time(moment: datetime) -> str:
@@ -717,7 +703,7 @@ def list_entries(store: Store, *, as_json: bool, out: TextIO, err: TextIO | None
     rows = [("ID", "RECEIVED (UTC)", "SENDER", "RECIPIENTS", "REASONS")]
     for entry in scan.entries:
         meta = entry.metadata
-        recipients = _clip(_printable(meta.recipients[0]), 40) if meta.recipients else "-"
+        recipients = _clip(printable(meta.recipients[0]), 40) if meta.recipients else "-"
         if len(meta.recipients) > 1:
             recipients += f" (+{len(meta.recipients) - 1})"
         rows.append(
@@ -726,7 +712,7 @@ def list_entries(store: Store, *, as_json: bool, out: TextIO, err: TextIO | None
                 _short_time(entry.received),
                 _clip(_sender(meta.sender), 40),
                 recipients,
-                _printable("; ".join(meta.reasons)) or "-",
+                printable("; ".join(meta.reasons)) or "-",
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
@@ -751,16 +737,16 @@ def show(store: Store, entry_id: str, out: TextIO, err: TextIO | None = None) ->
         f"id:          {entry.id}",
         f"received:    {format_time(entry.received)}",
         f"sender:      {_sender(meta.sender)}",
-        f"recipients:  {', '.join(_printable(r) for r in meta.recipients) or '-'}",
-        f"client:      {_printable(meta.client_address or '-')}",
-        f"helo:        {_printable(meta.helo or '-')}",
-        f"queue id:    {_printable(meta.queue_id or '-')}",
-        f"action:      {_printable(meta.action)}",
+        f"recipients:  {', '.join(printable(r) for r in meta.recipients) or '-'}",
+        f"client:      {printable(meta.client_address or '-')}",
+        f"helo:        {printable(meta.helo or '-')}",
+        f"queue id:    {printable(meta.queue_id or '-')}",
+        f"action:      {printable(meta.action)}",
         f"verified:    {'yes' if meta.reverse_path_verified else 'no'} (reverse-path)",
         f"size:        {entry.size} bytes",
         "reasons:",
-        *(f"  - {_printable(reason)}" for reason in meta.reasons),
-        f"Authentication-Results: {_printable(meta.authentication_results) or '-'}",
+        *(f"  - {printable(reason)}" for reason in meta.reasons),
+        f"Authentication-Results: {printable(meta.authentication_results) or '-'}",
         "",
     ]
     message = Message(data)
@@ -771,7 +757,7 @@ def show(store: Store, entry_id: str, out: TextIO, err: TextIO | None = None) ->
             continue
         # Folded continuation lines start with a tab: show it as the spaces a terminal would.
         text = line.decode("utf-8", "backslashreplace").expandtabs(8)
-        lines.append(_printable(text))
+        lines.append(printable(text))
     out.write("\n".join(lines) + "\n")
     return 0
 
