@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from scatterguard.actions import spool
-from scatterguard.actions.safedir import Directory, UnsafeStore
+from scatterguard.actions.safedir import Directory, UnsafeStore, write_all
 from scatterguard.core.envelope import Envelope
 from scatterguard.core.message import Spooled
 from scatterguard.errors import QuarantineError, ReinjectError
@@ -169,7 +169,7 @@ class DeliveryRecord:
                 if not state:
                     # Allocate the file's block now: marking it delivered later overwrites these
                     # bytes in place, which needs neither the directory nor free space.
-                    _write_all(fd, ATTEMPT)
+                    write_all(fd, ATTEMPT, 0)
             except OSError as exc:
                 os.close(fd)
                 raise QuarantineError(
@@ -305,11 +305,6 @@ def _lock(pending: Directory, key: str) -> int:
             os.close(fd)
             raise
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    if os.pwrite(fd, data, 0) != len(data):
-        raise OSError(28, "short write")
 
 
 def _child(writer: int, work: Callable[[], None]) -> None:  # pragma: no cover - child process

@@ -18,6 +18,9 @@ The rule, for every part (the store directory, its entries, ``tmp/`` and its fil
 A part that breaks the rule is refused with :class:`UnsafeStore`, which names it and says why;
 nothing is done inside it. Only the last component of the configured ``quarantine.directory`` is
 opened without following links: its parent directories are the administrator's to choose.
+
+:func:`write_all` is the one loop that writes a buffer whole to a descriptor of the store (an
+entry, a claim file).
 """
 
 from __future__ import annotations
@@ -246,3 +249,19 @@ def reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"
     return exc.strerror or str(exc)
+
+
+def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """Write all of ``data`` to ``fd``: at the file position, or from ``offset`` (``pwrite``).
+
+    A write may take less than it was given; the rest is written again, and a write that takes
+    nothing at all is a full device (OSError ENOSPC), never an endless loop.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+        if offset is not None:
+            offset += written

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from scatterguard.actions import spool
-from scatterguard.actions.safedir import Directory, UnsafeStore
+from scatterguard.actions.safedir import Directory, UnsafeStore, write_all
 from scatterguard.core import authresults
 from scatterguard.core.message import Message, Payload, Spooled
 from scatterguard.core.terminal import printable
@@ -289,11 +289,11 @@ class Store:
         try:
             try:
                 os.fchmod(fd, FILE_MODE)
-                _write_all(fd, head)
+                write_all(fd, head)
                 if not isinstance(data, bytes):
                     _copy_file(data.fileno(), fd, data.size)
                 else:
-                    _write_all(fd, data)
+                    write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -571,12 +571,6 @@ class Purged:
 
     removed: int
     refused: tuple[str, ...] = ()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _copy_file(source: int, target: int, count: int) -> None:
