@@ -68,7 +68,7 @@ from scatterguard.core.terminal import printable
 from scatterguard.errors import QuarantineError, ReinjectError
 
 if TYPE_CHECKING:
-    from scatterguard.actions.reinject import Reinjector
+    from scatterguard.actions.ports import Reinjector
     from scatterguard.core.envelope import Envelope
     from scatterguard.core.verdict import Decision
 
