@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from datetime import datetime, timedelta
 
-    from scatterguard.actions.quarantine.directory import Entry, Metadata, Purged, Scan
+    from scatterguard.actions.quarantine.entry import Entry, Metadata, Purged, Scan
     from scatterguard.core.envelope import Envelope
     from scatterguard.core.message import Payload, Spooled
     from scatterguard.core.verdict import Decision
@@ -38,8 +38,8 @@ class QuarantineStore(Protocol):
     """Where quarantined messages are kept.
 
     Errors are :class:`~scatterguard.errors.QuarantineError`; an id that names no entry (or
-    that has not the shape of an id) is
-    :class:`~scatterguard.actions.quarantine.directory.NotFound`.
+    that has not the shape of an id, :func:`~scatterguard.actions.quarantine.entry.check_id`)
+    is :class:`~scatterguard.actions.quarantine.entry.NotFound`.
     """
 
     def add(

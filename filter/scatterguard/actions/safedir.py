@@ -20,7 +20,7 @@ nothing is done inside it. Only the last component of the configured ``quarantin
 opened without following links: its parent directories are the administrator's to choose.
 
 :func:`write_all` is the one loop that writes a buffer whole to a descriptor of the store (an
-entry, a claim file).
+entry, a claim file); :func:`copy_file` copies a spooled message into an entry in the kernel.
 """
 
 from __future__ import annotations
@@ -265,3 +265,24 @@ def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
         view = view[written:]
         if offset is not None:
             offset += written
+
+
+def copy_file(source: int, target: int, count: int) -> None:
+    """Append ``count`` bytes from the start of ``source`` to ``target``, in the kernel."""
+    offset = 0
+    use_copy_file_range = True
+    while offset < count:
+        if use_copy_file_range:
+            try:
+                copied = os.copy_file_range(source, target, count - offset, offset)
+            except OSError as exc:
+                # Not between these file systems (EXDEV) or not at all: sendfile instead.
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                use_copy_file_range = False
+                continue
+        else:
+            copied = os.sendfile(target, source, offset, count - offset)
+        if copied == 0:
+            raise OSError(errno.EIO, "the spool file is shorter than the message")
+        offset += copied

@@ -481,24 +481,17 @@ def _serve_main(args: argparse.Namespace) -> int:
 
 
 def _quarantine_main(args: argparse.Namespace, out: TextIO) -> int:
-    from scatterguard import config as config_mod
-    from scatterguard.actions.quarantine import directory as quarantine
-    from scatterguard.actions.reinject import CommandReinjector
+    from scatterguard.frontends import admin
 
-    config = config_mod.load(args.config)
-    store = quarantine.Store(config.quarantine.directory)
-    err = sys.stderr
-    if args.q_command == "list":
-        return quarantine.list_entries(store, as_json=args.json, out=out, err=err)
-    if args.q_command == "show":
-        return quarantine.show(store, args.id, out, err)
-    if args.q_command == "release":
-        reinjector = CommandReinjector(config.reinject.command, config.reinject.timeout)
-        return quarantine.release(store, args.id, reinjector, out, err)
-    if args.q_command == "delete":
-        return quarantine.delete(store, args.id, out, err)
-    days = args.older_than if args.older_than is not None else config.quarantine.purge_after_days
-    return quarantine.purge(store, days, out, err=err)
+    return admin.main(
+        args.config,
+        args.q_command,
+        entry_id=getattr(args, "id", None),
+        as_json=getattr(args, "json", False),
+        older_than=getattr(args, "older_than", None),
+        out=out,
+        err=sys.stderr,
+    )
 
 
 if __name__ == "__main__":
