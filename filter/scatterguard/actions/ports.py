@@ -6,7 +6,8 @@ PostgreSQL quarantine, an SMTP re-injector, a fake in a test) implements the sam
 - :class:`Reinjector`: hand a message back to the mail system
   (:class:`scatterguard.actions.reinject.CommandReinjector`);
 - :class:`QuarantineStore`: keep, list, show, release, delete and purge quarantined messages
-  (:class:`scatterguard.actions.quarantine.directory.Store`);
+  (:class:`scatterguard.actions.quarantine.directory.Store`; the shared behaviour every backend
+  must have is ``tests/test_quarantine_store.py``);
 - :class:`DeliveryLedger`: the record that keeps a retry from delivering twice
   (:class:`scatterguard.actions.delivery.DeliveryRecord`; host-local by design).
 

@@ -1,11 +1,13 @@
 """``scatterguard quarantine list|show|release|delete|purge``: what an administrator sees.
 
-Presentation only: the work is the store's (:class:`~scatterguard.actions.ports.QuarantineStore`)
-and the release's (:mod:`scatterguard.actions.quarantine.release`). The command functions take
-the store and output streams, know nothing of argparse, and return 0 on success and 1 on failure
-with one line on ``err`` per problem. Everything they print that came from a message or an
-envelope is escaped (:func:`scatterguard.core.terminal.printable`), so no control character
-reaches the terminal; ``list --json`` escapes everything beyond ASCII.
+Presentation only: the work is the configured store's
+(:func:`scatterguard.actions.quarantine.backends.open_store`, behind the
+:class:`~scatterguard.actions.ports.QuarantineStore` port) and the release's
+(:mod:`scatterguard.actions.quarantine.release`). The command functions take the store and output
+streams, know nothing of argparse, and return 0 on success and 1 on failure with one line on
+``err`` per problem. Everything they print that came from a message or an envelope is escaped
+(:func:`scatterguard.core.terminal.printable`), so no control character reaches the terminal;
+``list --json`` escapes everything beyond ASCII.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ def main(
 ) -> int:
     """Run one quarantine command against the configured store; return its exit code."""
     from scatterguard import config as config_mod
-    from scatterguard.actions.quarantine.directory import Store
+    from scatterguard.actions.quarantine.backends import open_store
 
     config = config_mod.load(config_path)
-    store = Store(config.quarantine.directory)
+    store = open_store(config)
     if command == "list":
         return list_entries(store, as_json=as_json, out=out, err=err)
     if command == "purge":
