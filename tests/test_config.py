@@ -41,6 +41,7 @@ max_signatures = 3
 [reinject]
 command = ["/usr/sbin/sendmail", "-G", "-i", "-f", "{sender}", "--", "{recipients}"]
 [quarantine]
+backend = "directory"
 directory = "/var/lib/scatterguard/quarantine"
 [log]
 target = "stderr"
@@ -53,6 +54,7 @@ target = "stderr"
     assert loaded.dns.nameservers == (("127.0.0.1", 8053), ("::1", 53), ("192.0.2.1", 53))
     assert loaded.dkim.max_message_size == 1024 * 1024
     assert loaded.log.target == "stderr"
+    assert loaded.quarantine.backend == "directory"
     with pytest.raises(AttributeError):
         loaded.timeout = 1  # type: ignore[misc]
 
@@ -115,6 +117,7 @@ def test_stderr_log_target_is_refused_in_filter_mode_only() -> None:
     """``log.target = "stderr"`` loads (serve, check), but filter mode refuses it by name."""
     loaded = config.parse({"log": {"target": "stderr"}}, source="sg.toml")
     assert loaded.log.target == "stderr"
+    assert loaded.quarantine.backend == "directory"
     with pytest.raises(ConfigError, match=r"sg\.toml: log\.target: "):
         config.for_filter(loaded)
     assert config.for_filter(config.Config()) == config.Config()
@@ -155,6 +158,9 @@ def test_stderr_log_target_is_refused_in_filter_mode_only() -> None:
         ),
         pytest.param(
             '[quarantine]\ndirectory = "relative"', "quarantine.directory", id="relative-dir"
+        ),
+        pytest.param(
+            '[quarantine]\nbackend = "postgresql"', "quarantine.backend", id="unknown-backend"
         ),
         pytest.param('[log]\ntarget = "file"', "log.target", id="log-target"),
         pytest.param('authserv_id = "a b"', "authserv_id", id="authserv-id-space"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from scatterguard.actions.delivery import KEEP_HOURS, DeliveryRecord
+from scatterguard.actions.safedir import write_all
 from scatterguard.core.envelope import Envelope, parse_envelope
 from scatterguard.errors import QuarantineError, ReinjectError
 
@@ -167,3 +169,28 @@ def _zombie_children() -> list[int]:
         if fields[0] == "Z" and int(fields[1]) == os.getpid():
             zombies.append(int(stat.parent.name))
     return zombies
+
+
+def test_claim_file_is_written_whole_when_the_kernel_takes_it_piecemeal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short write of the claim's first bytes is continued, not taken for a full disk
+    (which deferred the message); a write that takes nothing at all is ENOSPC."""
+    real_pwrite = os.pwrite
+
+    def one_byte(fd: int, data: bytes, offset: int) -> int:
+        return real_pwrite(fd, bytes(data[:1]), offset)
+
+    monkeypatch.setattr(os, "pwrite", one_byte)
+    record = DeliveryRecord(tmp_path / "delivered")
+    with record.claim("k1") as claim:
+        assert not claim.done
+        assert (tmp_path / "delivered" / "pending" / "k1").read_bytes() == b"attempt  \n"
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: 0)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError, match="No space left") as caught:
+            write_all(fd, b"x", 0)
+    finally:
+        os.close(fd)
+    assert caught.value.errno == errno.ENOSPC

@@ -25,13 +25,14 @@ from hypothesis import strategies as st
 
 from dates import RECEIVED_DATE
 from fakes import FakeSendmail
-from scatterguard.actions.quarantine import directory as quarantine
-from scatterguard.actions.quarantine.directory import Metadata, NotFound, Store
+from scatterguard.actions.quarantine.directory import Store
+from scatterguard.actions.quarantine.entry import Metadata, NotFound, Purged, entry_id, valid_id
 from scatterguard.actions.reinject import CommandReinjector
 from scatterguard.core.envelope import Address, Envelope
-from scatterguard.core.message import Payload
+from scatterguard.core.message import Message, Payload
 from scatterguard.core.verdict import Action, Decision
 from scatterguard.errors import QuarantineError
+from scatterguard.frontends import admin
 
 T0 = datetime(2026, 11, 27, 6, 0, 0, tzinfo=UTC)
 AR = (
@@ -128,8 +129,8 @@ def test_add_records_the_envelope_and_decision(store: Store) -> None:
         queue_id="4AbCdE",
     )
     decision = Decision(Action.QUARANTINE, False, ("DMARC fail",))
-    entry_id = store.add(DATA, envelope, decision, AR)
-    entry, raw = store.get(entry_id)
+    added = store.add(DATA, envelope, decision, AR)
+    entry, raw = store.get(added)
     assert raw == DATA
     assert entry.metadata == Metadata(
         sender="ceo@reject.example",
@@ -147,11 +148,37 @@ def test_add_records_the_envelope_and_decision(store: Store) -> None:
 def test_null_sender_is_stored_as_empty_string(store: Store) -> None:
     """The null reverse-path is "" in the metadata and "<>" only when shown."""
     envelope = Envelope(sender=None, recipients=("bob@rcpt.example",))
-    entry_id = store.add(DATA, envelope, Decision(Action.QUARANTINE, False, ()), AR)
-    assert store.get(entry_id)[0].metadata.sender == ""
+    added = store.add(DATA, envelope, Decision(Action.QUARANTINE, False, ()), AR)
+    assert store.get(added)[0].metadata.sender == ""
     out = io.StringIO()
-    assert quarantine.show(store, entry_id, out) == 0
+    assert admin.show(store, added, out) == 0
     assert "sender:      <>\n" in out.getvalue()
+
+
+# An entry file byte for byte: the on-disk format (DESIGN.md) and the id must never change, or a
+# retry after an upgrade would not find the entry its first attempt wrote.
+GOLDEN_ID = "9111ed612b181b4fcae5c8d4deb514e4"
+GOLDEN_FILE = (
+    b'{"id":"9111ed612b181b4fcae5c8d4deb514e4","received":"2026-11-27T06:00:00.000000Z",'
+    b'"sender":"ceo@reject.example","recipients":["bob@rcpt.example","carol@rcpt.example"],'
+    b'"client_address":"203.0.113.9","helo":"bad.example","queue_id":"4AbCdE",'
+    b'"action":"quarantine","reverse_path_verified":false,'
+    b'"reasons":["DMARC fail, policy reject","reverse-path not verified: quarantine"],'
+    b'"authentication_results":"mx.rcpt.example; spf=fail smtp.mailfrom=reject.example;'
+    b' dkim=none; dmarc=fail policy.dmarc=reject header.from=reject.example",'
+    b'"size":23,"sha256":"ec628cb6d1307486ce56d0e53fd443d1ecc70db4e974c5e874577a871bea31fc",'
+    b'"format":1}\nSubject: hi\r\n\r\nbody\x00\xe9\r\n'
+)
+
+
+def test_entry_file_format_is_fixed(store: Store) -> None:
+    """An entry is written exactly as every earlier version wrote it, and such a file reads."""
+    entry = store.put(meta(), b"Subject: hi\r\n\r\nbody\x00\xe9\r\n")
+    assert entry.id == GOLDEN_ID
+    assert (store.directory / GOLDEN_ID).read_bytes() == GOLDEN_FILE
+    (store.directory / GOLDEN_ID).unlink()
+    (store.directory / GOLDEN_ID).write_bytes(GOLDEN_FILE)
+    assert store.get(GOLDEN_ID) == (entry, b"Subject: hi\r\n\r\nbody\x00\xe9\r\n")
 
 
 def test_same_queue_id_retried_is_one_entry(store: Store, clock: Clock) -> None:
@@ -182,13 +209,13 @@ def test_same_queue_id_retried_is_one_entry(store: Store, clock: Clock) -> None:
 )
 def test_ids_follow_queue_id_envelope_and_bytes(a: Metadata, b: Metadata, same: bool) -> None:
     """Ids are deterministic over queue id, sender, recipients and the message digest."""
-    assert (quarantine.entry_id(a, DATA) == quarantine.entry_id(b, DATA)) is same
-    assert quarantine.valid_id(quarantine.entry_id(a, DATA))
+    assert (entry_id(a, DATA) == entry_id(b, DATA)) is same
+    assert valid_id(entry_id(a, DATA))
 
 
 def test_other_bytes_give_another_id() -> None:
     """The same envelope with different message bytes is a different entry."""
-    assert quarantine.entry_id(meta(), DATA) != quarantine.entry_id(meta(), DATA + b"x")
+    assert entry_id(meta(), DATA) != entry_id(meta(), DATA + b"x")
 
 
 def test_split_delivery_keeps_every_part(store: Store) -> None:
@@ -259,7 +286,7 @@ def test_missing_store_is_empty(tmp_path: Path) -> None:
     """Listing a store that was never written to shows nothing and creates nothing."""
     store = Store(tmp_path / "never", Clock())
     assert store.entries() == []
-    assert store.purge(timedelta(days=1)) == quarantine.Purged(0)
+    assert store.purge(timedelta(days=1)) == Purged(0)
     assert not store.directory.exists()
 
 
@@ -285,7 +312,7 @@ def test_purge_removes_old_entries_and_stale_temporary_files(store: Store, clock
         path.write_bytes(b"partial")
         stamp = (T0 - age).timestamp()
         os.utime(path, (stamp, stamp))
-    assert store.purge(timedelta(days=30), now=T0) == quarantine.Purged(2)
+    assert store.purge(timedelta(days=30), now=T0) == Purged(2)
     assert sorted(e.metadata.queue_id or "" for e in store.entries()) == ["D1", "D29"]
     assert not stale.exists()
     assert fresh.exists()
@@ -335,7 +362,8 @@ def test_read_only_directory_fails_cleanly(store: Store) -> None:
 FULL_DISK = """
 import resource, signal, sys
 from datetime import datetime, timezone
-from scatterguard.actions.quarantine.directory import Metadata, Store
+from scatterguard.actions.quarantine.directory import Store
+from scatterguard.actions.quarantine.entry import Metadata
 from scatterguard.errors import QuarantineError
 # The device is "full" past 4 KiB for this process: writes fail with EFBIG, as they would with
 # ENOSPC, and that works for root too. SIGXFSZ would kill us instead of failing the write.
@@ -407,7 +435,7 @@ def test_damaged_entry_is_reported_and_replaced(store: Store, damage: object) ->
     with pytest.raises(QuarantineError, match="damaged"):
         store.get(entry.id)
     out, err = io.StringIO(), io.StringIO()
-    assert quarantine.list_entries(store, as_json=True, out=out, err=err) == 0
+    assert admin.list_entries(store, as_json=True, out=out, err=err) == 0
     assert json.loads(out.getvalue()) == []
     assert err.getvalue() == f"quarantine: entry {entry.id} is unreadable; skipped\n"
     assert store.put(meta(), DATA).id == entry.id
@@ -461,9 +489,9 @@ def test_bad_ids_are_refused_before_any_path_is_built(
     reinjector = CommandReinjector(recorder.command())
     before = files(tmp_path)
     for run in (
-        lambda out, err: quarantine.show(store, bad, out, err),
-        lambda out, err: quarantine.delete(store, bad, out, err),
-        lambda out, err: quarantine.release(store, bad, reinjector, out, err),
+        lambda out, err: admin.show(store, bad, out, err),
+        lambda out, err: admin.delete(store, bad, out, err),
+        lambda out, err: admin.release(store, bad, reinjector, out, err),
     ):
         out, err = io.StringIO(), io.StringIO()
         assert run(out, err) == 1
@@ -485,7 +513,7 @@ def test_list_json_shape(store: Store, clock: Clock) -> None:
     clock.now = T0 + timedelta(seconds=1)
     second = store.put(meta(sender="", queue_id=None, reasons=(NASTY,)), DATA)
     out = io.StringIO()
-    assert quarantine.list_entries(store, as_json=True, out=out) == 0
+    assert admin.list_entries(store, as_json=True, out=out) == 0
     text = out.getvalue()
     assert all(ord(c) < 0x7F for c in text)
     assert not any(ord(c) < 0x20 for c in text.replace("\n", ""))
@@ -514,7 +542,7 @@ def test_list_json_shape(store: Store, clock: Clock) -> None:
 def test_list_json_of_empty_store_is_empty_array(store: Store) -> None:
     """An empty store lists as ``[]``."""
     out = io.StringIO()
-    assert quarantine.list_entries(store, as_json=True, out=out) == 0
+    assert admin.list_entries(store, as_json=True, out=out) == 0
     assert json.loads(out.getvalue()) == []
 
 
@@ -524,7 +552,7 @@ def test_list_table_is_aligned_and_escaped(store: Store, clock: Clock) -> None:
     clock.now = T0 + timedelta(hours=1)
     store.put(meta(sender="", recipients=("b@r.example",), queue_id="Q2"), DATA)
     out = io.StringIO()
-    assert quarantine.list_entries(store, as_json=False, out=out) == 0
+    assert admin.list_entries(store, as_json=False, out=out) == 0
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
     assert not any(c.isprintable() is False for line in lines for c in line)
@@ -541,7 +569,7 @@ def test_list_table_is_aligned_and_escaped(store: Store, clock: Clock) -> None:
 def test_list_table_of_empty_store(store: Store) -> None:
     """An empty store says so in one line."""
     out = io.StringIO()
-    assert quarantine.list_entries(store, as_json=False, out=out) == 0
+    assert admin.list_entries(store, as_json=False, out=out) == 0
     assert out.getvalue() == "The quarantine is empty.\n"
 
 
@@ -554,7 +582,7 @@ def test_show_prints_metadata_and_headers_not_body(store: Store) -> None:
     )
     entry = store.put(meta(helo=NASTY), data)
     out = io.StringIO()
-    assert quarantine.show(store, entry.id, out) == 0
+    assert admin.show(store, entry.id, out) == 0
     text = out.getvalue()
     assert "secret body" not in text
     assert not any(c.isprintable() is False for c in text.replace("\n", ""))
@@ -595,7 +623,7 @@ def test_release_reinjects_with_original_envelope(
     entry = store.put(meta(authentication_results=stored_ar), data)
     sendmail = FakeSendmail(tmp_path / "sendmail")
     out, err = io.StringIO(), io.StringIO()
-    assert quarantine.release(store, entry.id, CommandReinjector(sendmail.command()), out, err) == 0
+    assert admin.release(store, entry.id, CommandReinjector(sendmail.command()), out, err) == 0
     [call] = sendmail.calls
     assert call.argv == [
         "-G",
@@ -618,10 +646,7 @@ def test_release_keeps_crlf_line_endings(store: Store, tmp_path: Path) -> None:
     data = DATA.replace(b"\n", b"\r\n")
     entry = store.put(meta(sender=""), data)
     sendmail = FakeSendmail(tmp_path / "sendmail")
-    assert (
-        quarantine.release(store, entry.id, CommandReinjector(sendmail.command()), io.StringIO())
-        == 0
-    )
+    assert admin.release(store, entry.id, CommandReinjector(sendmail.command()), io.StringIO()) == 0
     [call] = sendmail.calls
     assert call.argv[2:4] == ["-f", "<>"]
     top, _, rest = call.data.partition(b"\r\nReceived: ")
@@ -636,7 +661,7 @@ def test_release_after_a_failed_attempt(store: Store, tmp_path: Path) -> None:
     reinjector = CommandReinjector(sendmail.command())
     sendmail.fail_with(75)
     out, err = io.StringIO(), io.StringIO()
-    assert quarantine.release(store, entry.id, reinjector, out, err) == 1
+    assert admin.release(store, entry.id, reinjector, out, err) == 1
     assert out.getvalue() == ""
     assert err.getvalue().startswith(f"release {entry.id}: not released, entry kept: ")
     assert "exited with status 75" in err.getvalue()
@@ -645,12 +670,12 @@ def test_release_after_a_failed_attempt(store: Store, tmp_path: Path) -> None:
     assert sendmail.calls == []
 
     sendmail.fail_with(None)
-    assert quarantine.release(store, entry.id, reinjector, io.StringIO()) == 0
+    assert admin.release(store, entry.id, reinjector, io.StringIO()) == 0
     assert len(sendmail.calls) == 1
     assert store.entries() == []
 
     err = io.StringIO()
-    assert quarantine.release(store, entry.id, reinjector, io.StringIO(), err) == 1
+    assert admin.release(store, entry.id, reinjector, io.StringIO(), err) == 1
     assert err.getvalue() == f"quarantine: no entry {entry.id}\n"
     assert len(sendmail.calls) == 1
 
@@ -669,13 +694,13 @@ def test_concurrent_releases_deliver_once(store: Store, tmp_path: Path) -> None:
 
     results: list[int] = []
     first = threading.Thread(
-        target=lambda: results.append(quarantine.release(store, entry.id, slow, io.StringIO()))
+        target=lambda: results.append(admin.release(store, entry.id, slow, io.StringIO()))
     )
     first.start()
     assert started.wait(10)
     for command in (
-        lambda err: quarantine.release(store, entry.id, slow, io.StringIO(), err),
-        lambda err: quarantine.delete(store, entry.id, io.StringIO(), err),
+        lambda err: admin.release(store, entry.id, slow, io.StringIO(), err),
+        lambda err: admin.delete(store, entry.id, io.StringIO(), err),
     ):
         err = io.StringIO()
         assert command(err) == 1
@@ -685,8 +710,32 @@ def test_concurrent_releases_deliver_once(store: Store, tmp_path: Path) -> None:
     assert results == [0]
     assert len(delivered) == 1
     err = io.StringIO()
-    assert quarantine.release(store, entry.id, slow, io.StringIO(), err) == 1
+    assert admin.release(store, entry.id, slow, io.StringIO(), err) == 1
     assert err.getvalue() == f"quarantine: no entry {entry.id}\n"
+    assert len(delivered) == 1
+
+
+def test_release_that_cannot_remove_tells_how_to_finish(store: Store) -> None:
+    """A release whose entry cannot be removed after the re-injection exits 1 and says to
+    delete the entry, never to release it again (that would deliver a second copy)."""
+    entry = store.put(meta(), DATA)
+
+    class Sticky(Store):
+        def delete(self, entry_id: str) -> None:
+            raise QuarantineError("quarantine: cannot remove it\x1b: read-only file system")
+
+    sticky = Sticky(store.directory)
+    delivered: list[bytes] = []
+    out, err = io.StringIO(), io.StringIO()
+    assert (
+        admin.release(sticky, entry.id, lambda s, r, d: delivered.append(bytes(d)), out, err) == 1
+    )
+    assert out.getvalue() == ""
+    assert err.getvalue() == (
+        f"release {entry.id}: re-injected, but the entry could not be removed (quarantine:"
+        " cannot remove it\\x1b: read-only file system); remove it with 'scatterguard"
+        f" quarantine delete {entry.id}', do not release it again\n"
+    )
     assert len(delivered) == 1
 
 
@@ -694,9 +743,9 @@ def test_delete_command(store: Store) -> None:
     """``delete`` removes an entry (exit 0) and reports an unknown one (exit 1)."""
     entry = store.put(meta(), DATA)
     out, err = io.StringIO(), io.StringIO()
-    assert quarantine.delete(store, entry.id, out, err) == 0
+    assert admin.delete(store, entry.id, out, err) == 0
     assert out.getvalue() == f"deleted {entry.id}\n"
-    assert quarantine.delete(store, entry.id, out, err) == 1
+    assert admin.delete(store, entry.id, out, err) == 1
     assert err.getvalue() == f"quarantine: no entry {entry.id}\n"
 
 
@@ -719,7 +768,7 @@ def test_purge_command(
         clock.now = T0 - age
         store.put(meta(queue_id=f"A{age.total_seconds():.0f}"), DATA)
     out, err = io.StringIO(), io.StringIO()
-    assert quarantine.purge(store, days, out, now=T0, err=err) == code
+    assert admin.purge(store, days, out, now=T0, err=err) == code
     assert out.getvalue() == output
     assert (err.getvalue() == "") is (code == 0)
     assert len(store.entries()) == left
@@ -729,7 +778,7 @@ def test_purge_defaults_to_the_store_clock(store: Store, clock: Clock) -> None:
     """Without ``now`` the purge measures ages against the store's clock."""
     store.put(meta(), DATA)
     clock.now = T0 + timedelta(days=2)
-    assert quarantine.purge(store, 1, io.StringIO()) == 0
+    assert admin.purge(store, 1, io.StringIO()) == 0
     assert store.entries() == []
 
 
@@ -964,5 +1013,5 @@ def test_release_of_a_malformed_message_keeps_our_field_whole(tmp_path: Path, da
     assert " ".join(value.split()) == AR
     assert "dmarc=pass" not in value
     assert "dkim=pass" not in value
-    first = quarantine.Message(call.data).headers[0]
+    first = Message(call.data).headers[0]
     assert call.data[: first.end].rstrip(b"\r\n").endswith(b"header.from=reject.example")

@@ -30,7 +30,8 @@ from fakes import FakeSendmail
 from scatterguard import pipeline
 from scatterguard.actions import spool
 from scatterguard.actions.delivery import DeliveryRecord
-from scatterguard.actions.quarantine.directory import Metadata, Store, entry_id
+from scatterguard.actions.quarantine.directory import Store
+from scatterguard.actions.quarantine.entry import Metadata, entry_id
 from scatterguard.actions.reinject import CommandReinjector
 from scatterguard.actions.spool import Spool, SpoolFile
 from scatterguard.checks.resolver import Resolver

@@ -24,6 +24,8 @@ from scatterguard.errors import ConfigError
 DEFAULT_PATH = Path(defaults.DEFAULT_CONFIG)
 ENV_VAR = "SCATTERGUARD_CONFIG"
 DEFAULT_REINJECT = ("/usr/sbin/sendmail", "-G", "-i", "-f", "{sender}", "--", "{recipients}")
+# The quarantine backends there are (scatterguard.actions.quarantine.backends opens them).
+QUARANTINE_BACKENDS = ("directory",)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -58,6 +60,8 @@ class QuarantineConfig:
 
     directory: Path = Path("/var/lib/scatterguard/quarantine")
     purge_after_days: int = 30
+    # Last, so that QuarantineConfig(directory) still means what it did.
+    backend: str = "directory"
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,7 @@ def _quarantine(table: _Table) -> QuarantineConfig:
     return QuarantineConfig(
         directory=table.get("directory", _absolute_path, QuarantineConfig.directory),
         purge_after_days=table.get("purge_after_days", _count, QuarantineConfig.purge_after_days),
+        backend=table.get("backend", _choice(*QUARANTINE_BACKENDS), QuarantineConfig.backend),
     )
 
 

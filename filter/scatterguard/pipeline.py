@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from scatterguard.actions.delivery import DeliveryRecord
-from scatterguard.actions.reinject import Reinjector
+from scatterguard.actions.ports import ClaimT, DeliveryLedger, QuarantineStore, Reinjector
 from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config
 from scatterguard.core import authresults, verdict
@@ -46,18 +46,6 @@ class Evaluation:
     report: AuthReport
     decision: Decision
     rendered: authresults.Rendered
-
-
-class QuarantineStore(Protocol):
-    """Where quarantined messages go (see :mod:`scatterguard.actions.quarantine.directory`)."""
-
-    def add(
-        self,
-        data: bytes | Spooled,
-        envelope: Envelope,
-        decision: Decision,
-        authentication_results: str,
-    ) -> str: ...
 
 
 ALREADY = "already re-injected"
@@ -188,7 +176,7 @@ def run_filter(
     resolver: Resolver,
     logger: Logger,
     now: Callable[[], float] = time.time,
-    delivered: DeliveryRecord | None = None,
+    delivered: DeliveryLedger[ClaimT] | None = None,
     confirm: Callable[[], None] | None = None,
 ) -> Outcome:
     """Filter one message whose bytes and envelope are already read; never raises.
@@ -204,7 +192,7 @@ def run_filter(
     evaluation: Evaluation | None = None
     try:
         message = Message(data)
-        key = DeliveryRecord.key(envelope, data) if delivered is not None else None
+        key = delivered.key(envelope, data) if delivered is not None else None
         if delivered is None or key is None:
             evaluation = evaluate(message, envelope, config, resolver, now())
             confirmed()

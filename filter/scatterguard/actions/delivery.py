@@ -39,16 +39,20 @@ import re
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scatterguard.actions import spool
-from scatterguard.actions.safedir import Directory, UnsafeStore
+from scatterguard.actions.safedir import Directory, UnsafeStore, write_all
 from scatterguard.core.envelope import Envelope
 from scatterguard.core.message import Spooled
 from scatterguard.errors import QuarantineError, ReinjectError
+
+if TYPE_CHECKING:
+    from scatterguard.actions.ports import Reinjector
+    from scatterguard.core.message import Payload
 
 KEEP_HOURS = 48
 _HOUR = re.compile(r"[0-9]{10}\Z")
@@ -169,7 +173,7 @@ class DeliveryRecord:
                 if not state:
                     # Allocate the file's block now: marking it delivered later overwrites these
                     # bytes in place, which needs neither the directory nor free space.
-                    _write_all(fd, ATTEMPT)
+                    write_all(fd, ATTEMPT, 0)
             except OSError as exc:
                 os.close(fd)
                 raise QuarantineError(
@@ -186,8 +190,16 @@ class DeliveryRecord:
             finally:
                 os.close(fd)
 
-    def reinject(self, claim: Claim, reinjector: Callable[..., None], *args: Any) -> None:
-        """Call ``reinjector(*args)`` in a child process that records the delivery on success.
+    def reinject(
+        self,
+        claim: Claim,
+        reinjector: Reinjector,
+        sender: str,
+        recipients: Sequence[str],
+        data: Payload,
+    ) -> None:
+        """Call ``reinjector(sender, recipients, data)`` in a child process that records the
+        delivery on success.
 
         The child inherits the claim's lock, so the claim outlives this process until the
         command has finished and the delivery is recorded: first in the claim's own file,
@@ -197,11 +209,16 @@ class DeliveryRecord:
         does not inherit timers); the command's own timeout bounds it. Raises ReinjectError
         with the command's diagnostic when the re-injection failed.
         """
+
+        def work() -> None:
+            reinjector(sender, recipients, data)
+            self._delivered(claim)
+
         reader, writer = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which ends in os._exit
             os.close(reader)
-            _child(writer, lambda: self._reinject_and_note(claim, reinjector, args))
+            _child(writer, work)
         os.close(writer)
         try:
             with os.fdopen(reader, "rb") as pipe:
@@ -223,10 +240,8 @@ class DeliveryRecord:
             + (f": {report.decode('utf-8', 'replace')}" if report else "")
         )
 
-    def _reinject_and_note(
-        self, claim: Claim, reinjector: Callable[..., None], args: tuple[Any, ...]
-    ) -> None:
-        reinjector(*args)
+    def _delivered(self, claim: Claim) -> None:
+        """Record the delivery: in the claim's own file first, then as the marker."""
         with contextlib.suppress(OSError):
             os.pwrite(claim.fd, DELIVERED, 0)
         self.note(claim.key)
@@ -305,11 +320,6 @@ def _lock(pending: Directory, key: str) -> int:
             os.close(fd)
             raise
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    if os.pwrite(fd, data, 0) != len(data):
-        raise OSError(28, "short write")
 
 
 def _child(writer: int, work: Callable[[], None]) -> None:  # pragma: no cover - child process

@@ -20,7 +20,6 @@ import selectors
 import subprocess
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
 from scatterguard.core.message import Payload
 from scatterguard.errors import ReinjectError
@@ -28,12 +27,6 @@ from scatterguard.errors import ReinjectError
 MAX_DIAGNOSTIC = 300
 # The most written to the pipe per system call (the pipe takes what fits, 64 KiB by default).
 _SLICE = 1024 * 1024
-
-
-class Reinjector(Protocol):
-    """Something that takes a message back into the mail system or raises ReinjectError."""
-
-    def __call__(self, sender: str, recipients: Sequence[str], data: Payload) -> None: ...
 
 
 def expand(command: Sequence[str], sender: str, recipients: Sequence[str]) -> list[str]:
@@ -54,7 +47,10 @@ class _Timeout(Exception):
 
 
 class CommandReinjector:
-    """Run the configured command with the message on its standard input."""
+    """Run the configured command with the message on its standard input.
+
+    The :class:`~scatterguard.actions.ports.Reinjector` port over ``reinject.command``.
+    """
 
     def __init__(self, command: Sequence[str], timeout: float = 120.0) -> None:
         self.command = tuple(command)

@@ -18,6 +18,9 @@ The rule, for every part (the store directory, its entries, ``tmp/`` and its fil
 A part that breaks the rule is refused with :class:`UnsafeStore`, which names it and says why;
 nothing is done inside it. Only the last component of the configured ``quarantine.directory`` is
 opened without following links: its parent directories are the administrator's to choose.
+
+:func:`write_all` is the one loop that writes a buffer whole to a descriptor of the store (an
+entry, a claim file); :func:`copy_file` copies a spooled message into an entry in the kernel.
 """
 
 from __future__ import annotations
@@ -246,3 +249,40 @@ def reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"
     return exc.strerror or str(exc)
+
+
+def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """Write all of ``data`` to ``fd``: at the file position, or from ``offset`` (``pwrite``).
+
+    A write may take less than it was given; the rest is written again, and a write that takes
+    nothing at all is a full device (OSError ENOSPC), never an endless loop.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+        if offset is not None:
+            offset += written
+
+
+def copy_file(source: int, target: int, count: int) -> None:
+    """Append ``count`` bytes from the start of ``source`` to ``target``, in the kernel."""
+    offset = 0
+    use_copy_file_range = True
+    while offset < count:
+        if use_copy_file_range:
+            try:
+                copied = os.copy_file_range(source, target, count - offset, offset)
+            except OSError as exc:
+                # Not between these file systems (EXDEV) or not at all: sendfile instead.
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                use_copy_file_range = False
+                continue
+        else:
+            copied = os.sendfile(target, source, offset, count - offset)
+        if copied == 0:
+            raise OSError(errno.EIO, "the spool file is shorter than the message")
+        offset += copied

@@ -399,6 +399,8 @@ def explain(evaluation: Any) -> dict[str, Any]:
 
 def human(document: dict[str, Any]) -> str:
     """A readable summary of a ``check`` result, for a person at a terminal."""
+    from scatterguard.core.terminal import printable
+
     lines = [f"action:   {document['action']}"]
     if document.get("status"):
         lines.append(f"status:   {document['status']}")
@@ -422,11 +424,7 @@ def human(document: dict[str, Any]) -> str:
     lines.append("reasons:")
     lines.extend(f"  - {reason}" for reason in document["reasons"])
     lines.append(f"Authentication-Results: {document['authentication_results']}")
-    return "\n".join(_printable(line) for line in lines) + "\n"
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _serve_main(args: argparse.Namespace) -> int:
@@ -447,24 +445,17 @@ def _serve_main(args: argparse.Namespace) -> int:
 
 
 def _quarantine_main(args: argparse.Namespace, out: TextIO) -> int:
-    from scatterguard import config as config_mod
-    from scatterguard.actions.quarantine import directory as quarantine
-    from scatterguard.actions.reinject import CommandReinjector
+    from scatterguard.frontends import admin
 
-    config = config_mod.load(args.config)
-    store = quarantine.Store(config.quarantine.directory)
-    err = sys.stderr
-    if args.q_command == "list":
-        return quarantine.list_entries(store, as_json=args.json, out=out, err=err)
-    if args.q_command == "show":
-        return quarantine.show(store, args.id, out, err)
-    if args.q_command == "release":
-        reinjector = CommandReinjector(config.reinject.command, config.reinject.timeout)
-        return quarantine.release(store, args.id, reinjector, out, err)
-    if args.q_command == "delete":
-        return quarantine.delete(store, args.id, out, err)
-    days = args.older_than if args.older_than is not None else config.quarantine.purge_after_days
-    return quarantine.purge(store, days, out, err=err)
+    return admin.main(
+        args.config,
+        args.q_command,
+        entry_id=getattr(args, "id", None),
+        as_json=getattr(args, "json", False),
+        older_than=getattr(args, "older_than", None),
+        out=out,
+        err=sys.stderr,
+    )
 
 
 if __name__ == "__main__":
