@@ -11,11 +11,13 @@ These are pure functions over text, tested here on the shipped hook files.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from e2e import harness
 from e2e.harness import HOOKS, merge_main_cf, merge_master_cf
 
 HOOK_MAIN = (HOOKS / "postfix" / "main.cf").read_text()
@@ -196,3 +198,23 @@ def test_master_cf_merge_is_idempotent(base: str) -> None:
     assert once.count("\nscatterguard unix") == 1
     assert "/usr/local/bin/scatterguard" not in once
     assert once.count("content_filter=scatterguard:dummy") == 1
+
+
+def test_postfix_start_purges_mail_left_on_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail left in the maildrop before the tests (CI once found a message submitted hours
+    earlier, which the error transport bounced mid-test) is removed before Postfix starts,
+    and the queue is emptied with postsuper: ``postsuper -d ALL`` does not touch maildrop."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(harness, "run", lambda argv, **_: calls.append(list(argv)))
+    maildrop = tmp_path / "maildrop"
+    maildrop.mkdir()
+    for name in ("DE05E1608A7", "0E08B1608D3"):
+        (maildrop / name).write_bytes(b"T1765000000 0\n")
+    postfix = harness.Postfix()
+    monkeypatch.setattr(postfix, "spool", tmp_path)
+    postfix.purge_foreign_mail()
+    assert list(maildrop.iterdir()) == []
+    assert calls == [["postsuper", "-d", "ALL"]]
+    postfix.purge_foreign_mail()  # nothing left: no error

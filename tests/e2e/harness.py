@@ -37,6 +37,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -715,6 +716,7 @@ class Postfix(Mta):
     name = "postfix"
     log_path = POSTFIX_LOG
     etc = Path("/etc/postfix")
+    spool = Path("/var/spool/postfix")
     port = 25
 
     def configure(self) -> None:
@@ -783,12 +785,27 @@ class Postfix(Mta):
         if run(["postfix", "status"], check=False).returncode == 0:
             run(["postfix", "stop"])
             wait_for("Postfix to stop", lambda: not _master_running())
+        self.purge_foreign_mail()
         run(["postfix", "start"])
         wait_for("Postfix to listen on port 25", _smtp_listening)
 
     def stop(self) -> None:
         run(["postfix", "stop"], check=False)
         wait_for("Postfix to stop", lambda: not _master_running())
+
+    def purge_foreign_mail(self) -> None:
+        """Empty the queue and the maildrop before Postfix starts.
+
+        Mail left by whatever ran on this host before the tests (a CI image once carried a
+        message submitted hours earlier) would otherwise be picked up mid-test, bounced by
+        the error transport and counted as backscatter. ``postsuper -d ALL`` leaves
+        maildrop alone, so its files are removed here, with Postfix stopped.
+        """
+        run(["postsuper", "-d", "ALL"], check=False)
+        maildrop = self.spool / "maildrop"
+        for leftover in sorted(maildrop.iterdir()) if maildrop.is_dir() else []:
+            print(f"e2e: removing leftover maildrop file {leftover.name}", file=sys.stderr)
+            leftover.unlink(missing_ok=True)
 
     def send(
         self, sender: str, recipients: Sequence[str], data: bytes, client: str, helo: str
