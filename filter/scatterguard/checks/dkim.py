@@ -80,6 +80,7 @@ from typing import Any
 
 from scatterguard.checks.resolver import Resolver, Status
 from scatterguard.config import DkimConfig
+from scatterguard.core import domains
 from scatterguard.core.message import Buffer, Header, Message
 from scatterguard.core.results import DkimResult, Result
 
@@ -130,8 +131,7 @@ _TAG_SPEC = re.compile(
 _FWS_ONLY = re.compile(_FWS)
 # RFC 6376 §3.5: d= is a domain-name, s= a selector (dot-separated sub-domains); underscores are
 # allowed, as in DNS names generally. Anything else is not a name DMARC could align or DNS hold.
-_LABEL = rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_DNS_NAME = re.compile(rb"(?=.{1,253}\Z)" + _LABEL + rb"(?:\." + _LABEL + rb")*\Z")
+_DNS_NAME = re.compile(domains.NAME.encode("ascii"))
 # dkimpy's messages quote data as "(b'...')" or "b'...'".
 _ECHO = re.compile(r"\s*\(b'[^']*'\)")
 _BYTES_REPR = re.compile(r"b'([^']*)'")

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 from scatterguard.checks.resolver import Resolver, Status
 from scatterguard.core.dmarcrecord import DmarcRecord, parse_record
+from scatterguard.core.domains import ascii_domain, within
 from scatterguard.core.envelope import Address
 from scatterguard.core.message import Message
 from scatterguard.core.results import (
@@ -79,8 +80,6 @@ __all__ = [
 MAX_AUTHOR_DOMAINS = 10
 # RFC 9989 §4.10 step 4: a walk jumps from a name of eight or more labels to seven.
 WALK_LABELS = 7
-MAX_DOMAIN = 253
-_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +110,7 @@ def from_domains(message: Message) -> list[str] | str:
         for raw in _address_domains(value):
             addresses += 1
             if raw not in seen:
-                seen[raw] = _ascii_domain(raw)
+                seen[raw] = ascii_domain(raw)
             domain = seen[raw]
             if domain is not None and domain not in domains:
                 domains.append(domain)
@@ -251,37 +250,9 @@ def _tokens(text: str) -> Iterator[Token]:
             i = atom.end()
 
 
-def _ascii_domain(raw: str) -> str | None:
-    """A domain as lower-case A-labels (RFC 5890 §2.3.2.1), or None when it is no DNS name."""
-    domain = raw[:-1] if raw.endswith(".") else raw
-    if not domain or len(domain) > MAX_DOMAIN * 4:
-        return None
-    if not domain.isascii():
-        try:
-            domain = _to_alabels(domain)
-        except (UnicodeError, ValueError):
-            return None
-    domain = domain.lower()
-    if len(domain) > MAX_DOMAIN:
-        return None
-    if not all(_LABEL.match(label) for label in domain.split(".")):
-        return None
-    return domain
-
-
-def _to_alabels(domain: str) -> str:
-    """IDNA 2008 with UTS #46 mapping when the ``idna`` package is there, else IDNA 2003."""
-    try:
-        import idna
-    except ImportError:  # pragma: no cover - idna comes with email-validator, but not by promise
-        return domain.encode("idna").decode("ascii")
-    # idna.IDNAError is a UnicodeError.
-    return idna.encode(domain, uts46=True).decode("ascii")
-
-
 def _normalise(domain: str) -> str | None:
     """An identifier as compared in alignment: A-labels, lower case, no trailing dot (RFC 4343)."""
-    return _ascii_domain(domain.strip())
+    return ascii_domain(domain.strip())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,10 +309,6 @@ def walk_names(domain: str) -> list[str]:
 def _one_below(start: str, ancestor: str) -> str:
     labels = start.split(".")
     return ".".join(labels[-(ancestor.count(".") + 2) :])
-
-
-def _within(domain: str, ancestor: str) -> bool:
-    return domain == ancestor or domain.endswith("." + ancestor)
 
 
 class OrgDomains:
@@ -454,7 +421,7 @@ def aligned(org: OrgDomains | Resolver, a: str, b: str, strict: bool) -> bool | 
     first_org = orgs.organizational_domain(first)
     if first_org is None:
         return None
-    if not _within(second, first_org):
+    if not within(second, first_org):
         return False
     second_org = orgs.organizational_domain(second)
     if second_org is None:

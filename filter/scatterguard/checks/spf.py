@@ -41,6 +41,7 @@ import dns.name
 import spf
 
 from scatterguard.checks.resolver import Answer, Resolver, Status
+from scatterguard.core import domains
 from scatterguard.core.envelope import Envelope
 from scatterguard.core.results import Result, SpfResult
 
@@ -52,7 +53,6 @@ DEFAULT_QUERY_TIME = 20.0
 PTR_SHARE = 0.25
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 # RFC 7208 §7.1 toplabel: not all digits, so "192.0.2.1" is never taken for a domain.
 _TOPLABEL = re.compile(
     r"(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\Z"
@@ -166,7 +166,7 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
             # names elsewhere (in a zone the client's owner may make time out) are not even
             # looked up. The answer is the one pyspf's domainmatch() would give on all of them.
             target = targets.popleft().rstrip(".").lower()
-            names = [n for n in names if _within(n.rstrip(".").lower(), target)]
+            names = [n for n in names if domains.within(n.rstrip(".").lower(), target)]
         return [name for name in names if self._validates(name)]
 
     def check1(self, record: Any, domain: str, recursion: int) -> Any:
@@ -247,11 +247,6 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         return [_shape(qtype, record) for record in answer.records]
 
 
-def _within(name: str, domain: str) -> bool:
-    """True when ``name`` is ``domain`` or a name under it (pyspf's ``domainmatch`` test)."""
-    return name == domain or name.endswith("." + domain)
-
-
 def _query_within(resolver: Resolver, host: str, qtype: str, seconds: float) -> Answer:
     """``resolver.query`` with its per-lookup timeout cut to ``seconds`` (same cache).
 
@@ -319,9 +314,7 @@ def spf_domain(text: str | None) -> str | None:
         except UnicodeError:
             return None
     labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2:
-        return None
-    if not all(_LABEL.match(label) for label in labels) or not _TOPLABEL.match(labels[-1]):
+    if len(labels) < 2 or not domains.is_name(name) or not _TOPLABEL.match(labels[-1]):
         return None
     return name.lower()
 
