@@ -82,7 +82,7 @@ def test_null_sender_uses_helo() -> None:
     ],
 )
 def test_hostile_values_are_dropped(hostile: str) -> None:
-    """A value that is not a plain lower-case domain never reaches the header."""
+    """A value that is not a plain domain name never reaches the header."""
     rep = sample(
         spf=SpfResult(Result.FAIL, "mailfrom", hostile, reason=hostile),
         dkim=(
@@ -96,6 +96,21 @@ def test_hostile_values_are_dropped(hostile: str) -> None:
         ("spf", "fail"),
         ("dkim", "fail"),
         ("dmarc", "fail"),
+    ]
+
+
+def test_reports_every_domain_the_checks_evaluate() -> None:
+    """A label ending in "_", which SPF and DMARC evaluate, is reported too (core.domains)."""
+    domain = "bounce_.sender.example"
+    rep = sample(
+        spf=SpfResult(Result.PASS, "mailfrom", domain),
+        dkim=(DkimResult(Result.PASS, domain, "s_", "rsa-sha256"),),
+        dmarc=DmarcResult(Result.PASS, domain, Policy.NONE),
+    )
+    assert parse(render("mx", rep, domain).value) == [
+        ("spf", "pass", {"smtp.mailfrom": domain}),
+        ("dkim", "pass", {"header.d": domain, "header.s": "s_", "header.a": "rsa-sha256"}),
+        ("dmarc", "pass", {"header.from": domain, "policy.dmarc": "none"}),
     ]
 
 

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from scatterguard.core import domains
 from scatterguard.core.message import Header, Message
 from scatterguard.core.results import AuthReport, Result
 
 FIELD_NAME = "Authentication-Results"
-_DOMAIN = re.compile(
-    r"(?=.{1,253}\Z)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)*\Z"
-)
+# The names the checks evaluated are the names reported: the one label syntax of core.domains.
+_DOMAIN = re.compile(domains.NAME)
 _SELECTOR = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,62})\Z")
 _ALGORITHM = re.compile(r"[a-z0-9]{1,16}-[a-z0-9]{1,16}\Z")
 _B_PREFIX = re.compile(r"[A-Za-z0-9+/]{8,16}\Z")
