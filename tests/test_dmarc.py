@@ -16,6 +16,7 @@ from dnsserver import DnsServer
 from scatterguard.checks.dmarc import check_dmarc
 from scatterguard.checks.orgdomain import (
     OrgDomains,
+    TemporaryFailure,
     aligned,
     discover,
     organizational_domain,
@@ -26,7 +27,7 @@ from scatterguard.core.authors import MAX_AUTHOR_DOMAINS
 from scatterguard.core.dmarcrecord import parse_record
 from scatterguard.core.envelope import Address
 from scatterguard.core.message import Message
-from scatterguard.core.results import DkimResult, Policy, Result, SpfResult
+from scatterguard.core.results import DkimResult, DmarcCause, Policy, Result, SpfResult
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -818,6 +819,53 @@ def test_check_dmarc_no_from(resolver: Resolver) -> None:
     result = check_dmarc(resolver, message("undisclosed-recipients:;"), NO_SPF, (), None)
     assert (result.result, result.policy, result.domain) == (Result.PERMERROR, None, None)
     assert "no address" in result.reason
+    assert result.cause is DmarcCause.NO_FROM_ADDRESS
+
+
+@pytest.mark.parametrize(
+    ("records", "fault", "spf_result", "expected"),
+    [
+        pytest.param((), None, NO_SPF, (Result.NONE, DmarcCause.NO_RECORD), id="no-record"),
+        pytest.param(
+            (("_dmarc.example.com", "v=DMARC1; p=bogus"),),
+            None,
+            NO_SPF,
+            (Result.NONE, DmarcCause.RECORD_NOT_APPLIED),
+            id="record-not-applied",
+        ),
+        pytest.param(
+            REJECT,
+            ("_dmarc.example.com", "servfail"),
+            NO_SPF,
+            (Result.TEMPERROR, DmarcCause.DNS_ERROR),
+            id="discovery-servfail",
+        ),
+        pytest.param(
+            REJECT,
+            None,
+            spf("example.com", "temperror"),
+            (Result.TEMPERROR, DmarcCause.OUTCOME_OPEN),
+            id="aligned-spf-temperror",
+        ),
+        pytest.param(REJECT, None, spf("example.com"), (Result.PASS, None), id="pass"),
+        pytest.param(REJECT, None, NO_SPF, (Result.FAIL, None), id="fail"),
+    ],
+)
+def test_check_dmarc_cause(
+    dns_server: DnsServer,
+    resolver: Resolver,
+    records: Sequence[tuple[str, str]],
+    fault: tuple[str, str] | None,
+    spf_result: SpfResult,
+    expected: tuple[Result, DmarcCause | None],
+) -> None:
+    """Each result carries the cause code beside its text, per domain and for the message."""
+    load(dns_server, records)
+    if fault is not None:
+        dns_server.fault(*fault)
+    result = check_dmarc(resolver, message("a@example.com"), spf_result, (), None)
+    assert (result.result, result.cause) == expected, result.reason
+    assert (result.per_domain[0].result, result.per_domain[0].cause) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1001,6 +1049,7 @@ def test_check_dmarc_too_many_domains(dns_server: DnsServer, resolver: Resolver)
         "d0.example",
     )
     assert dns_server.queries == []
+    assert result.cause is DmarcCause.TOO_MANY_DOMAINS
 
 
 def test_check_dmarc_at_the_cap(dns_server: DnsServer, resolver: Resolver) -> None:
@@ -1124,7 +1173,8 @@ def test_check_dmarc_existence_unknown(dns_server: DnsServer, resolver: Resolver
     """When np matters and the existence lookup times out, a failure stays open (temperror)."""
     dns_server.records.add_txt("_dmarc.example.com", "v=DMARC1; p=none; np=reject")
     # Discovery's answers are cached first, so only the existence lookup meets the timeout.
-    assert not isinstance(discover(OrgDomains(resolver), "ghost.example.com"), str)
+    assert not isinstance(discover(OrgDomains(resolver), "ghost.example.com"), TemporaryFailure)
     dns_server.fault("ghost.example.com", "timeout")
     result = check_dmarc(resolver, message("a@ghost.example.com"), NO_SPF, (), None)
     assert (result.result, result.policy) == (Result.TEMPERROR, Policy.REJECT)
+    assert result.cause is DmarcCause.EXISTENCE_UNKNOWN

@@ -61,6 +61,7 @@ from scatterguard.core.message import MAX_HEADER_FIELDS, Message
 from scatterguard.core.results import (
     AuthReport,
     DkimResult,
+    DmarcCause,
     DmarcResult,
     Policy,
     Result,
@@ -205,7 +206,11 @@ def from_domains(data: bytes) -> None:
             assert _DOMAIN.match(domain), domain
         before = first
     else:
-        assert isinstance(first, str)
+        assert isinstance(first, authors.NoAuthorDomain)
+        assert first.cause in (
+            DmarcCause.NO_FROM_ADDRESS,
+            DmarcCause.NO_FROM_DOMAIN,
+        ), first
         before = []
     second = authors.from_domains(Message(b"From: a@zz.example\nFrom: " + data + b"\n\nbody\n"))
     expected = ["zz.example", *(d for d in before if d != "zz.example")]

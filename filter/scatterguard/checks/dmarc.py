@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from scatterguard.checks import orgdomain
 from scatterguard.checks.orgdomain import OrgDomains
 from scatterguard.checks.resolver import Resolver
-from scatterguard.core.authors import MAX_AUTHOR_DOMAINS, from_domains
+from scatterguard.core.authors import MAX_AUTHOR_DOMAINS, NoAuthorDomain, from_domains
 from scatterguard.core.envelope import Address
 from scatterguard.core.message import Message
 from scatterguard.core.results import (
     DkimResult,
+    DmarcCause,
     DmarcDomainResult,
     DmarcResult,
     Policy,
@@ -81,12 +82,14 @@ def _stricter(first: Policy, second: Policy) -> Policy:
 def _evaluate(org: OrgDomains, author: str, identifiers: list[_Identifier]) -> DmarcDomainResult:
     """DMARC for one Author Domain (RFC 9989 §5.3.2-§5.3.5)."""
     found = orgdomain.discover(org, author)
-    if isinstance(found, str):
-        return DmarcDomainResult(Result.TEMPERROR, author, reason=found)
+    if isinstance(found, orgdomain.TemporaryFailure):
+        return DmarcDomainResult(
+            Result.TEMPERROR, author, reason=found.reason, cause=DmarcCause.DNS_ERROR
+        )
     if found is None:
         detail = org.record_at(author).detail
         reason = f"no DMARC record ({detail})" if detail else "no DMARC record"
-        return DmarcDomainResult(Result.NONE, author, reason=reason)
+        return DmarcDomainResult(Result.NONE, author, reason=reason, cause=DmarcCause.NO_RECORD)
     record = found.record
     if not record.applicable:
         return DmarcDomainResult(
@@ -94,6 +97,7 @@ def _evaluate(org: OrgDomains, author: str, identifiers: list[_Identifier]) -> D
             author,
             record_domain=found.domain,
             reason=f"DMARC record at {found.domain} not applied: " + "; ".join(record.problems),
+            cause=DmarcCause.RECORD_NOT_APPLIED,
         )
 
     spf_aligned = dkim_aligned = False
@@ -115,6 +119,7 @@ def _evaluate(org: OrgDomains, author: str, identifiers: list[_Identifier]) -> D
             # ended in temperror: asked again later, it might pass.
             open_outcome.append(f"{ident.kind.upper()} {ident.domain}")
 
+    cause: DmarcCause | None = None
     if spf_aligned or dkim_aligned:
         result = Result.PASS
         how = " and ".join(
@@ -122,7 +127,7 @@ def _evaluate(org: OrgDomains, author: str, identifiers: list[_Identifier]) -> D
         )
         reason = f"aligned {how} pass"
     elif open_outcome:
-        result = Result.TEMPERROR
+        result, cause = Result.TEMPERROR, DmarcCause.OUTCOME_OPEN
         reason = "outcome open: temporary failure for " + ", ".join(open_outcome)
     else:
         result = Result.FAIL
@@ -138,7 +143,7 @@ def _evaluate(org: OrgDomains, author: str, identifiers: list[_Identifier]) -> D
             policy = _stricter(record.subdomain_policy(False), record.subdomain_policy(True))
             reason += "; existence of the domain unknown (np)"
             if result is Result.FAIL:
-                result = Result.TEMPERROR
+                result, cause = Result.TEMPERROR, DmarcCause.EXISTENCE_UNKNOWN
         else:
             policy = record.subdomain_policy(exists)
             if not exists:
@@ -160,6 +165,7 @@ def _evaluate(org: OrgDomains, author: str, identifiers: list[_Identifier]) -> D
         spf_aligned=spf_aligned,
         dkim_aligned=dkim_aligned,
         reason=reason,
+        cause=cause,
     )
 
 
@@ -214,6 +220,7 @@ def _combine(results: tuple[DmarcDomainResult, ...]) -> DmarcResult:
         testing=chosen.testing if result is not Result.NONE else False,
         per_domain=results,
         reason=f"{chosen.domain}: {chosen.reason}{note}{several}",
+        cause=chosen.cause,
     )
 
 
@@ -231,8 +238,8 @@ def check_dmarc(
     downgrade, which is reported in ``testing`` and applied by decide().
     """
     domains = from_domains(message)
-    if isinstance(domains, str):
-        return DmarcResult(Result.PERMERROR, None, None, reason=domains)
+    if isinstance(domains, NoAuthorDomain):
+        return DmarcResult(Result.PERMERROR, None, None, reason=domains.reason, cause=domains.cause)
     if len(domains) > MAX_AUTHOR_DOMAINS:
         return DmarcResult(
             Result.FAIL,
@@ -240,6 +247,7 @@ def check_dmarc(
             Policy.QUARANTINE,
             reason=f"the From header fields name more than {MAX_AUTHOR_DOMAINS} domains: "
             "not evaluated, treated as a DMARC failure (RFC 9989 §11.5)",
+            cause=DmarcCause.TOO_MANY_DOMAINS,
         )
     org = OrgDomains(resolver)
     identifiers = _identifiers(spf, dkim, sender)

@@ -223,20 +223,27 @@ class Discovery:
     record: DmarcRecord
 
 
-def discover(org: OrgDomains, author: str) -> Discovery | str | None:
-    """DMARC Policy Discovery (RFC 9989 §4.10.1): a record, None, or a temporary failure reason.
+@dataclass(frozen=True)
+class TemporaryFailure:
+    """Policy Discovery could not finish: a lookup failed temporarily (``reason`` says where)."""
+
+    reason: str
+
+
+def discover(org: OrgDomains, author: str) -> Discovery | TemporaryFailure | None:
+    """DMARC Policy Discovery (RFC 9989 §4.10.1): a record, a temporary failure, or None (none).
 
     The record at the Author Domain wins; else the walk from it gives the Organizational Domain's
     record, or the PSD's (psd=y) when the Organizational Domain has none.
     """
     first = org.record_at(author)
     if first.temporary:
-        return f"DMARC record lookup failed: {first.detail}"
+        return TemporaryFailure(f"DMARC record lookup failed: {first.detail}")
     if first.record is not None:
         return Discovery(author, first.record)
     walk = org.walk(author)
     if walk.failure is not None:
-        return f"DMARC tree walk failed: {walk.failure}"
+        return TemporaryFailure(f"DMARC tree walk failed: {walk.failure}")
     if not walk.found:
         return None
     by_name = dict(walk.found)

@@ -4,8 +4,8 @@
 quoted strings, groups, angle-addrs, bare addr-specs; RFC 2047 encoded words in display names are
 skipped as words) and returns the distinct domains as lower-case A-labels (RFC 9989 §5.3.1). It is
 pure, linear in the size of the fields, and never raises; for a message without a usable From
-domain it says why instead. DMARC (:mod:`scatterguard.checks.dmarc`) evaluates
-each domain it returns.
+domain it returns a :class:`NoAuthorDomain` that says why. DMARC
+(:mod:`scatterguard.checks.dmarc`) evaluates each domain it returns.
 
 Choices, made here once:
 
@@ -20,11 +20,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from scatterguard.core.domains import ascii_domain
 from scatterguard.core.message import Message
+from scatterguard.core.results import DmarcCause
 
 MAX_AUTHOR_DOMAINS = 10
+
+
+@dataclass(frozen=True)
+class NoAuthorDomain:
+    """Why a message has no Author Domain to evaluate: no From field, address or domain."""
+
+    cause: DmarcCause
+    reason: str
+
+
+_NO_FIELD = NoAuthorDomain(DmarcCause.NO_FROM_FIELD, "no From header field")
+_NO_DOMAIN = NoAuthorDomain(DmarcCause.NO_FROM_DOMAIN, "the From header field has no usable domain")
+_NO_ADDRESS = NoAuthorDomain(DmarcCause.NO_FROM_ADDRESS, "the From header field has no address")
 
 # RFC 5322 §3.2.3 atext (plus UTF-8, RFC 6532 §3.2): everything but specials, space and controls.
 _ATOM = re.compile(r'[^\x00-\x20\x7f()<>\[\]:;@\\,."]+')
@@ -34,16 +49,16 @@ _STRUCTURE = "<>,;:@."
 Token = tuple[str, str]  # (kind, text); kind is "atom", "qs", "literal", "encoded" or a special
 
 
-def from_domains(message: Message) -> list[str] | str:
+def from_domains(message: Message) -> list[str] | NoAuthorDomain:
     """The distinct Author Domains of all From fields, in order, as lower-case A-labels.
 
-    Returns a reason string instead when there is no usable From domain. The list stops at
+    Returns :class:`NoAuthorDomain` instead when there is no usable From domain. The list stops at
     ``MAX_AUTHOR_DOMAINS + 1`` entries, so a caller can tell "more than the cap" without this
     function doing unbounded work.
     """
     values = message.values("From")
     if not values:
-        return "no From header field"
+        return _NO_FIELD
     domains: list[str] = []
     seen: dict[str, str | None] = {}
     addresses = 0
@@ -59,9 +74,7 @@ def from_domains(message: Message) -> list[str] | str:
                     return domains
     if domains:
         return domains
-    if addresses:
-        return "the From header field has no usable domain"
-    return "the From header field has no address"
+    return _NO_DOMAIN if addresses else _NO_ADDRESS
 
 
 def _address_domains(value: str) -> Iterator[str]:

@@ -360,6 +360,7 @@ def explain(evaluation: Any) -> dict[str, Any]:
             "domain": spf.domain,
             "identity": spf.identity,
             "reason": spf.reason,
+            "cause": _cause(spf.cause),
         },
         "dkim": [
             {
@@ -369,6 +370,7 @@ def explain(evaluation: Any) -> dict[str, Any]:
                 "result": sig.result.value,
                 "covers_body": sig.covers_body,
                 "reason": sig.reason,
+                "cause": _cause(sig.cause),
             }
             for sig in report.dkim
         ],
@@ -378,6 +380,7 @@ def explain(evaluation: Any) -> dict[str, Any]:
             "policy": dmarc.policy.value if dmarc.policy else None,
             "testing": dmarc.testing,
             "reason": dmarc.reason,
+            "cause": _cause(dmarc.cause),
             "domains": [
                 {
                     "domain": item.domain,
@@ -386,6 +389,7 @@ def explain(evaluation: Any) -> dict[str, Any]:
                     "organizational_domain": item.organizational_domain,
                     "spf_aligned": item.spf_aligned,
                     "dkim_aligned": item.dkim_aligned,
+                    "cause": _cause(item.cause),
                 }
                 for item in dmarc.per_domain
             ],
@@ -395,6 +399,10 @@ def explain(evaluation: Any) -> dict[str, Any]:
     if decision.status:
         document["status"] = decision.status
     return document
+
+
+def _cause(cause: Any) -> str | None:
+    return None if cause is None else str(cause.value)
 
 
 def human(document: dict[str, Any]) -> str:
