@@ -62,8 +62,8 @@ def evaluate(
     from scatterguard.checks import report as checks  # deferred: pulls in the check libraries
 
     report = checks.run(resolver, message, envelope, config)
-    knobs = verdict.Knobs(config.trusted_networks, config.defer_max_age)
-    decision = verdict.decide(report, envelope, knobs, arrival_age(message, now))
+    settings = verdict.DecisionSettings(config.trusted_networks, config.defer_max_age)
+    decision = verdict.decide(report, envelope, settings, arrival_age(message, now))
     sender_domain = envelope.sender.domain if envelope.sender else None
     rendered = authresults.render(config.authserv_id, report, sender_domain)
     return Evaluation(report, decision, rendered)
