@@ -99,6 +99,22 @@ def test_hostile_values_are_dropped(hostile: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("dkim", "methods"),
+    [
+        pytest.param(None, [("spf", "pass")], id="neither-evaluated"),
+        pytest.param((), [("spf", "pass"), ("dkim", "none")], id="no-signature-but-no-dmarc"),
+    ],
+)
+def test_a_method_not_evaluated_is_omitted(
+    dkim: tuple[DkimResult, ...] | None, methods: list[tuple[str, str]]
+) -> None:
+    """DKIM or DMARC not evaluated gets no clause at all: never a "none" that was not found."""
+    rendered = render("mx", sample(dkim=dkim, dmarc=None), "sender.example")
+    assert [(m, r) for m, r, _ in parse(rendered.value)] == methods
+    assert "dmarc" not in rendered.value
+
+
 def test_reports_every_domain_the_checks_evaluate() -> None:
     """A label ending in "_", which SPF and DMARC evaluate, is reported too (core.domains)."""
     domain = "bounce_.sender.example"

@@ -92,6 +92,18 @@ def test_document_without_status_and_with_a_dmarc_cause() -> None:
     assert (found["dkim"], found["dmarc"]["cause"]) == ([], "no_from_field")
 
 
+def test_not_evaluated_is_null_not_none() -> None:
+    """DKIM and DMARC that were not evaluated are null in JSON and "not evaluated" as text."""
+    report = AuthReport(spf=REPORT.spf, dkim=None, dmarc=None)
+    decision = Decision(Action.DELIVER, Rule.DELIVER, True, ("nothing to act on",))
+    found = document(report, decision, RENDERED)
+    assert (found["dkim"], found["dmarc"]) == (None, None)
+    shown = text(found)
+    assert "DKIM:     not evaluated" in shown
+    assert "DMARC:    not evaluated" in shown
+    assert "none (no signature)" not in shown
+
+
 def test_text_names_the_rule_and_escapes_what_a_terminal_would_act_on() -> None:
     """The text form shows action, rule and status, and no raw control character."""
     decision = Decision(

@@ -473,6 +473,44 @@ def test_rule_values_are_stable_labels() -> None:
     assert all(str(rule) == rule.value for rule in Rule)
 
 
+def not_evaluated(spf: str) -> AuthReport:
+    """What a front end that sees only the envelope reports: SPF, and no DKIM or DMARC at all."""
+    return AuthReport(
+        spf=SpfResult(Result(spf), "mailfrom", "sender.example"), dkim=None, dmarc=None
+    )
+
+
+def test_rule4_does_not_fire_when_dmarc_was_not_evaluated() -> None:
+    """SPF fail is reject-class only with no DMARC policy found; not evaluated is not "none"."""
+    found_none = decide(report(spf="fail", dmarc="none"), envelope(), SETTINGS)
+    assert found_none.rule is Rule.SPF_FAIL_NO_DMARC_UNVERIFIED
+    decision = decide(not_evaluated("fail"), envelope(), SETTINGS)
+    assert (decision.action, decision.rule) == (Action.DELIVER, Rule.DELIVER), decision.reasons
+    assert decision.status is None
+    assert any("DMARC not evaluated" in reason for reason in decision.reasons)
+
+
+def test_spf_temperror_is_not_open_when_dmarc_was_not_evaluated() -> None:
+    """Rule 2's SPF branch is rule 4's twin: without a DMARC finding nothing is left open."""
+    assert decide(report(spf="temperror"), envelope(), SETTINGS, 60.0).action is Action.DEFER
+    decision = decide(not_evaluated("temperror"), envelope(), SETTINGS, 60.0)
+    assert (decision.action, decision.rule) == (Action.DELIVER, Rule.DELIVER)
+
+
+@given(
+    spf=st.sampled_from(list(Result)),
+    null_sender=st.booleans(),
+    age=st.none() | st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_not_evaluated_never_decides_on_dmarc_or_its_absence(
+    spf: Result, null_sender: bool, age: float | None
+) -> None:
+    """Without DKIM and DMARC evaluated, no SPF result makes a message reject-class or open."""
+    report_ = AuthReport(spf=SpfResult(spf, "mailfrom", "sender.example"), dkim=None, dmarc=None)
+    decision = decide(report_, envelope(sender=None if null_sender else SENDER), SETTINGS, age)
+    assert (decision.action, decision.rule) == (Action.DELIVER, Rule.DELIVER)
+
+
 def test_spf_fail_alone_never_bounces() -> None:
     """SPF fail cannot bounce: it excludes SPF pass, and aligned DKIM or trust stop rule 4 first."""
     decision = decide(report(spf="fail"), envelope(), SETTINGS)

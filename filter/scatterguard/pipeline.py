@@ -148,8 +148,11 @@ def log_line(
         report = evaluation.report
         values.update(
             spf=f"{report.spf.result}",
-            dkim=[f"{sig.domain}:{sig.result}" for sig in report.dkim] or "none",
-            dmarc=f"{report.dmarc.result}",
+            # None: not evaluated (AuthReport), distinct from "none".
+            dkim=None
+            if report.dkim is None
+            else [f"{sig.domain}:{sig.result}" for sig in report.dkim] or "none",
+            dmarc=None if report.dmarc is None else f"{report.dmarc.result}",
             action=str(evaluation.decision.action),
             verified=evaluation.decision.reverse_path_verified,
             reasons=list(evaluation.decision.reasons),

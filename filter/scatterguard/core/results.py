@@ -179,11 +179,18 @@ class DmarcResult:
 
 @dataclass(frozen=True)
 class AuthReport:
-    """Everything the checks found out about one message."""
+    """Everything the checks found out about one message.
+
+    ``dkim`` and ``dmarc`` are None when that check was not evaluated at all, which is not its
+    ``none`` (no signature; no DMARC record): a front end that sees only the envelope (a Postfix
+    policy service at RCPT time has no header) cannot evaluate them. The A-R field then omits
+    the method, ``check --json`` shows null, and decide() draws no conclusion from an absent
+    DMARC policy (rule 4).
+    """
 
     spf: SpfResult
-    dkim: tuple[DkimResult, ...]
-    dmarc: DmarcResult
+    dkim: tuple[DkimResult, ...] | None  # None: not evaluated; () no signature
+    dmarc: DmarcResult | None  # None: not evaluated
     # SPF for the HELO identity, checked when the reverse-path is null (RFC 7208 §2.3).
     spf_helo: SpfResult | None = None
     # A reverse-path domain shares its organizational domain with the d= of a counting DKIM

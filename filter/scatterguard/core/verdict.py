@@ -186,7 +186,11 @@ def _decide(
 
     dmarc = report.dmarc
     spf = report.spf
-    policy = effective_policy(dmarc.policy, dmarc.testing)
+    policy = effective_policy(dmarc.policy, dmarc.testing) if dmarc is not None else None
+    # "No DMARC policy" (rules 2 and 4) is something DMARC found out; a report where DMARC was
+    # not evaluated (a front end that sees only the envelope) says nothing about it, so neither
+    # rule 4 nor its open twin in rule 2 can apply there.
+    no_policy = dmarc is not None and dmarc.policy is None
 
     # Rule 2: temporary DNS failure that leaves the outcome open. DMARC temperror is open unless
     # the policy (after t=y) is none: then neither pass nor fail could change the action. Its
@@ -194,7 +198,7 @@ def _decide(
     # any policy (dmarc.check_dmarc reports the strictest open domain, rule 3).
     open_reason = None
     open_under_policy = False
-    if dmarc.result is Result.TEMPERROR and policy is not Policy.NONE:
+    if dmarc is not None and dmarc.result is Result.TEMPERROR and policy is not Policy.NONE:
         shown = (
             f"policy {dmarc.policy}" if dmarc.policy is not None else "a policy we could not read"
         )
@@ -202,7 +206,7 @@ def _decide(
             shown += " (t=y)"
         open_reason = f"DMARC temperror for {_safe(dmarc.domain)} under {shown}"
         open_under_policy = True
-    elif dmarc.policy is None and spf.identity == "mailfrom" and spf.result is Result.TEMPERROR:
+    elif no_policy and spf.identity == "mailfrom" and spf.result is Result.TEMPERROR:
         open_reason = f"SPF temperror for {_safe(spf.domain)} and no DMARC policy"
     if open_reason is not None:
         if age is None or not age > settings.defer_max_age:
@@ -222,7 +226,7 @@ def _decide(
 
     # Rule 3: DMARC. A reject-class outcome keeps its status line and its two rules (rule 6).
     reject: tuple[str, Rule, Rule] | None = None
-    if dmarc.result is Result.FAIL:
+    if dmarc is not None and dmarc.result is Result.FAIL:
         domain = _safe(dmarc.domain)
         shown = f"{dmarc.policy}" + (" (t=y)" if dmarc.testing else "")
         if policy is Policy.REJECT:
@@ -235,14 +239,17 @@ def _decide(
             return Decision(Action.QUARANTINE, rule, verified, _with(reasons, verified_why))
         else:
             reasons.append(f"DMARC fail for {domain}, policy {shown}: delivering")
-    elif dmarc.result is Result.PASS:
+    elif dmarc is not None and dmarc.result is Result.PASS:
         reasons.append(f"DMARC pass for {_safe(dmarc.domain)}")
 
     # Rule 4: no DMARC policy, SPF fail for the MAIL FROM identity. A DKIM signature aligned
     # with the envelope domain is forwarded, intact mail: it continues, but (SPF fail) it does
     # not verify the reverse-path.
     spf_fail = spf.identity == "mailfrom" and spf.result is Result.FAIL
-    if reject is None and dmarc.policy is None and spf_fail:
+    if spf_fail and dmarc is None:
+        domain = _safe(spf.domain)
+        reasons.append(f"SPF fail for {domain}; DMARC not evaluated, so rule 4 does not apply")
+    elif reject is None and no_policy and spf_fail:
         domain = _safe(spf.domain)
         if report.reverse_path_dkim_aligned:
             reasons.append(f"SPF fail for {domain}, but a DKIM signature aligned with it verifies")
