@@ -82,7 +82,7 @@ def test_null_sender_uses_helo() -> None:
     ],
 )
 def test_hostile_values_are_dropped(hostile: str) -> None:
-    """A value that is not a plain lower-case domain never reaches the header."""
+    """A value that is not a plain domain name never reaches the header."""
     rep = sample(
         spf=SpfResult(Result.FAIL, "mailfrom", hostile, reason=hostile),
         dkim=(
@@ -96,6 +96,37 @@ def test_hostile_values_are_dropped(hostile: str) -> None:
         ("spf", "fail"),
         ("dkim", "fail"),
         ("dmarc", "fail"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dkim", "methods"),
+    [
+        pytest.param(None, [("spf", "pass")], id="neither-evaluated"),
+        pytest.param((), [("spf", "pass"), ("dkim", "none")], id="no-signature-but-no-dmarc"),
+    ],
+)
+def test_a_method_not_evaluated_is_omitted(
+    dkim: tuple[DkimResult, ...] | None, methods: list[tuple[str, str]]
+) -> None:
+    """DKIM or DMARC not evaluated gets no clause at all: never a "none" that was not found."""
+    rendered = render("mx", sample(dkim=dkim, dmarc=None), "sender.example")
+    assert [(m, r) for m, r, _ in parse(rendered.value)] == methods
+    assert "dmarc" not in rendered.value
+
+
+def test_reports_every_domain_the_checks_evaluate() -> None:
+    """A label ending in "_", which SPF and DMARC evaluate, is reported too (core.domains)."""
+    domain = "bounce_.sender.example"
+    rep = sample(
+        spf=SpfResult(Result.PASS, "mailfrom", domain),
+        dkim=(DkimResult(Result.PASS, domain, "s_", "rsa-sha256"),),
+        dmarc=DmarcResult(Result.PASS, domain, Policy.NONE),
+    )
+    assert parse(render("mx", rep, domain).value) == [
+        ("spf", "pass", {"smtp.mailfrom": domain}),
+        ("dkim", "pass", {"header.d": domain, "header.s": "s_", "header.a": "rsa-sha256"}),
+        ("dmarc", "pass", {"header.from": domain, "policy.dmarc": "none"}),
     ]
 
 

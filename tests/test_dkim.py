@@ -27,7 +27,7 @@ from scatterguard.checks.dkim import (
 from scatterguard.checks.resolver import Answer, Resolver
 from scatterguard.config import DkimConfig
 from scatterguard.core.message import Message
-from scatterguard.core.results import DkimResult, Result
+from scatterguard.core.results import DkimCause, DkimResult, Result
 from signing import Signer, key, sample_message
 
 PASS, FAIL, NEUTRAL = Result.PASS, Result.FAIL, Result.NEUTRAL
@@ -125,6 +125,7 @@ def test_pass(
     (result,) = _check(resolver, signed)
 
     assert result.result is PASS, result.reason
+    assert result.cause is None
     assert (result.domain, result.selector) == (DOMAIN, "s1")
     assert result.algorithm == signer.key.algorithm.decode()
     assert result.covers_body
@@ -174,29 +175,44 @@ def test_pass_testing_mode_is_noted(dns_server: DnsServer, resolver: Resolver) -
 
 
 @pytest.mark.parametrize(
-    ("edit", "reason"),
+    ("edit", "reason", "cause"),
     [
-        pytest.param(lambda m: m + b"P.S. added later\r\n", "body hash", id="body-appended"),
         pytest.param(
-            _replace(b"this is a test", b"this is a TEST"), "body hash", id="body-changed"
+            lambda m: m + b"P.S. added later\r\n",
+            "body hash",
+            DkimCause.BODY_HASH,
+            id="body-appended",
         ),
         pytest.param(
-            _replace(b"Subject: Hello", b"Subject: Hullo"), "did not verify", id="subject"
+            _replace(b"this is a test", b"this is a TEST"),
+            "body hash",
+            DkimCause.BODY_HASH,
+            id="body-changed",
+        ),
+        pytest.param(
+            _replace(b"Subject: Hello", b"Subject: Hullo"),
+            "did not verify",
+            DkimCause.BAD_SIGNATURE,
+            id="subject",
         ),
         pytest.param(
             _replace(b"To: ", b"From: mallory@evil.example\r\nTo: "),
             "did not verify",
+            DkimCause.BAD_SIGNATURE,
             id="second-from-added",
         ),
     ],
 )
-def test_fail(dns_server: DnsServer, resolver: Resolver, edit: Edit, reason: str) -> None:
-    """A signed message changed after signing fails (and never passes)."""
+def test_fail(
+    dns_server: DnsServer, resolver: Resolver, edit: Edit, reason: str, cause: DkimCause
+) -> None:
+    """A signed message changed after signing fails (and never passes), with its cause."""
     signer = Signer(DOMAIN, "s1")
     signer.publish(dns_server)
     (result,) = _check(resolver, edit(signer.sign(sample_message())))
     assert result.result is FAIL
     assert reason in result.reason
+    assert result.cause is cause
 
 
 @pytest.mark.parametrize("kind", [pytest.param("rsa2048", id="rsa"), pytest.param("ed25519")])
@@ -230,6 +246,7 @@ class Broken:
     """A signature or key that cannot be used: the expected reason and what the DNS served."""
 
     reason: str
+    cause: DkimCause
     edit: Edit | None = None  # applied to the signed message
     handmade: bytes | None = None  # instead of signing: this tag list on the unsigned message
     record: dict[str, str] | str | None = field(default_factory=dict)  # None: nothing published
@@ -241,62 +258,128 @@ class Broken:
 ED_KEY = key("ed25519").public
 
 BROKEN = [
-    pytest.param(Broken("no key for signature", record=None), id="no-key-nxdomain"),
-    pytest.param(Broken("revoked", record={"p": ""}), id="revoked-key"),
-    pytest.param(Broken("unusable", record={"p": "!!notbase64"}), id="key-not-base64"),
     pytest.param(
-        Broken("unusable", record={"p": base64.b64encode(b"not a key at all").decode()}),
+        Broken("no key for signature", DkimCause.NO_KEY, record=None), id="no-key-nxdomain"
+    ),
+    pytest.param(Broken("revoked", DkimCause.KEY_REVOKED, record={"p": ""}), id="revoked-key"),
+    pytest.param(
+        Broken("unusable", DkimCause.KEY_SYNTAX, record={"p": "!!notbase64"}), id="key-not-base64"
+    ),
+    pytest.param(
+        Broken(
+            "unusable",
+            DkimCause.KEY_SYNTAX,
+            record={"p": base64.b64encode(b"not a key at all").decode()},
+        ),
         id="key-not-der",
     ),
     pytest.param(
-        Broken("unusable", kind="ed25519", record={"p": base64.b64encode(b"x" * 31).decode()}),
+        Broken(
+            "unusable",
+            DkimCause.KEY_SYNTAX,
+            kind="ed25519",
+            record={"p": base64.b64encode(b"x" * 31).decode()},
+        ),
         id="ed25519-key-31-octets",
     ),
     pytest.param(
-        Broken("not a key for rsa-sha256", record={"k": "ed25519", "p": ED_KEY}),
+        Broken(
+            "not a key for rsa-sha256",
+            DkimCause.INAPPROPRIATE_KEY,
+            record={"k": "ed25519", "p": ED_KEY},
+        ),
         id="ed25519-key-for-rsa-signature",
     ),
-    pytest.param(Broken("not a key for", record={"k": "dsa"}), id="unknown-key-type"),
-    pytest.param(Broken("not for email", record={"s": "tlsrpt"}), id="key-service-tlsrpt"),
-    pytest.param(Broken("excludes this hash", record={"h": "sha1"}), id="key-hash-sha1-only"),
-    pytest.param(Broken("no DKIM key record", record={"v": "DKIM2"}), id="key-version-2"),
-    pytest.param(Broken("no DKIM key record", record="garbage;;=="), id="key-record-garbage"),
+    pytest.param(
+        Broken("not a key for", DkimCause.INAPPROPRIATE_KEY, record={"k": "dsa"}),
+        id="unknown-key-type",
+    ),
+    pytest.param(
+        Broken("not for email", DkimCause.INAPPROPRIATE_KEY, record={"s": "tlsrpt"}),
+        id="key-service-tlsrpt",
+    ),
+    pytest.param(
+        Broken("excludes this hash", DkimCause.INAPPROPRIATE_KEY, record={"h": "sha1"}),
+        id="key-hash-sha1-only",
+    ),
+    pytest.param(
+        Broken("no DKIM key record", DkimCause.NO_KEY, record={"v": "DKIM2"}), id="key-version-2"
+    ),
+    pytest.param(
+        Broken("no DKIM key record", DkimCause.NO_KEY, record="garbage;;=="),
+        id="key-record-garbage",
+    ),
     pytest.param(
         Broken(
             "forbids i= subdomains",
+            DkimCause.DOMAIN_MISMATCH,
             record={"t": "s"},
             sign={"identity": b"@mail.sender.example"},
         ),
         id="key-t-s-with-subdomain-i",
     ),
     pytest.param(
-        Broken("malformed tag list", handmade=b"this is not a tag list", asks_dns=False),
+        Broken(
+            "malformed tag list",
+            DkimCause.MALFORMED_SIGNATURE,
+            handmade=b"this is not a tag list",
+            asks_dns=False,
+        ),
         id="garbage-tags",
     ),
     pytest.param(
-        Broken("duplicated tag d=", edit=_add_tags(b"d=other.example; "), asks_dns=False),
+        Broken(
+            "duplicated tag d=",
+            DkimCause.MALFORMED_SIGNATURE,
+            edit=_add_tags(b"d=other.example; "),
+            asks_dns=False,
+        ),
         id="duplicated-d",
     ),
     pytest.param(
-        Broken("required tag missing: bh=", edit=_remove_tag(b"bh"), asks_dns=False),
+        Broken(
+            "required tag missing: bh=",
+            DkimCause.MISSING_TAG,
+            edit=_remove_tag(b"bh"),
+            asks_dns=False,
+        ),
         id="missing-bh",
     ),
     pytest.param(
-        Broken("required tag missing: s=", edit=_remove_tag(b"s"), asks_dns=False),
+        Broken(
+            "required tag missing: s=",
+            DkimCause.MISSING_TAG,
+            edit=_remove_tag(b"s"),
+            asks_dns=False,
+        ),
         id="missing-s",
     ),
-    pytest.param(Broken("required tag missing", handmade=b"v=1", asks_dns=False), id="only-v"),
     pytest.param(
-        Broken("invalid signature", edit=_replace(b"a=rsa-sha256", b"a=rsa-md5"), asks_dns=False),
+        Broken("required tag missing", DkimCause.MISSING_TAG, handmade=b"v=1", asks_dns=False),
+        id="only-v",
+    ),
+    pytest.param(
+        Broken(
+            "invalid signature",
+            DkimCause.MALFORMED_SIGNATURE,
+            edit=_replace(b"a=rsa-sha256", b"a=rsa-md5"),
+            asks_dns=False,
+        ),
         id="unknown-algorithm",
     ),
     pytest.param(
-        Broken("invalid signature", edit=_replace(b"v=1;", b"v=2;"), asks_dns=False),
+        Broken(
+            "invalid signature",
+            DkimCause.MALFORMED_SIGNATURE,
+            edit=_replace(b"v=1;", b"v=2;"),
+            asks_dns=False,
+        ),
         id="version-2",
     ),
     pytest.param(
         Broken(
             "unknown canonicalisation",
+            DkimCause.UNSUPPORTED_ALGORITHM,
             edit=_replace(b"c=relaxed/simple", b"c=loose/simple"),
             asks_dns=False,
         ),
@@ -305,6 +388,7 @@ BROKEN = [
     pytest.param(
         Broken(
             "i= is not in the d= domain",
+            DkimCause.DOMAIN_MISMATCH,
             edit=_replace(b"i=@sender.example", b"i=@x.example"),
             asks_dns=False,
         ),
@@ -313,29 +397,52 @@ BROKEN = [
     pytest.param(
         Broken(
             "i= is not in the d= domain",
+            DkimCause.DOMAIN_MISMATCH,
             edit=_replace(b"i=@sender.example", b"i=sender.example"),
             asks_dns=False,
         ),
         id="i-equals-d-without-at",
     ),
     pytest.param(
-        Broken("l= is not a decimal number", edit=_add_tags(b"l=; "), asks_dns=False),
+        Broken(
+            "l= is not a decimal number",
+            DkimCause.MALFORMED_SIGNATURE,
+            edit=_add_tags(b"l=; "),
+            asks_dns=False,
+        ),
         id="l-empty",
     ),
     pytest.param(
-        Broken("l= is not a decimal number", edit=_add_tags(b"l=-5; "), asks_dns=False),
+        Broken(
+            "l= is not a decimal number",
+            DkimCause.MALFORMED_SIGNATURE,
+            edit=_add_tags(b"l=-5; "),
+            asks_dns=False,
+        ),
         id="l-negative",
     ),
     pytest.param(
-        Broken("expired", edit=_add_tags(b"x=1000000000; "), asks_dns=False), id="expired-x"
+        Broken(
+            "expired",
+            DkimCause.SIGNATURE_EXPIRED,
+            edit=_add_tags(b"x=1000000000; "),
+            asks_dns=False,
+        ),
+        id="expired-x",
     ),
     pytest.param(
-        Broken("in the future", edit=_replace(b"t=", b"t=9999999999; y="), asks_dns=False),
+        Broken(
+            "in the future",
+            DkimCause.MALFORMED_SIGNATURE,
+            edit=_replace(b"t=", b"t=9999999999; y="),
+            asks_dns=False,
+        ),
         id="t-in-future",
     ),
     pytest.param(
         Broken(
             "b= is not valid base64",
+            DkimCause.MALFORMED_SIGNATURE,
             handmade=VALID_TAGS.replace(b"b=dGVzdA==", b"b=abc"),
             asks_dns=False,
         ),
@@ -344,6 +451,7 @@ BROKEN = [
     pytest.param(
         Broken(
             "does not include From",
+            DkimCause.FROM_NOT_SIGNED,
             handmade=VALID_TAGS.replace(b"h=from:subject", b"h=subject"),
             asks_dns=False,
         ),
@@ -352,6 +460,7 @@ BROKEN = [
     pytest.param(
         Broken(
             f"more than {MAX_SIGNED_FIELDS}",
+            DkimCause.MALFORMED_SIGNATURE,
             handmade=VALID_TAGS.replace(b"h=from", b"h=from" + b":x-a" * 200),
             asks_dns=False,
         ),
@@ -360,17 +469,33 @@ BROKEN = [
     pytest.param(
         Broken(
             "run of more than",
+            DkimCause.MALFORMED_SIGNATURE,
             handmade=VALID_TAGS.replace(b"b=", b"b=" + b" " * 300),
             asks_dns=False,
         ),
         id="whitespace-run",
     ),
     pytest.param(
-        Broken("longer than", handmade=(VALID_TAGS + b"; z=" + b"x" * 40_000), asks_dns=False),
+        Broken(
+            "longer than",
+            DkimCause.MALFORMED_SIGNATURE,
+            handmade=(VALID_TAGS + b"; z=" + b"x" * 40_000),
+            asks_dns=False,
+        ),
         id="field-too-long",
     ),
-    pytest.param(Broken("rsa-sha1", sign={"algorithm": "rsa-sha1"}, asks_dns=False), id="rsa-sha1"),
-    pytest.param(Broken("512 bits", kind="rsa512"), id="rsa512-refused"),
+    pytest.param(
+        Broken(
+            "rsa-sha1",
+            DkimCause.UNSUPPORTED_ALGORITHM,
+            sign={"algorithm": "rsa-sha1"},
+            asks_dns=False,
+        ),
+        id="rsa-sha1",
+    ),
+    pytest.param(
+        Broken("512 bits", DkimCause.INAPPROPRIATE_KEY, kind="rsa512"), id="rsa512-refused"
+    ),
 ]
 
 
@@ -394,6 +519,7 @@ def test_permerror(dns_server: DnsServer, resolver: Resolver, case: Broken) -> N
 
     assert result.result is PERMERROR, result.reason
     assert case.reason in result.reason
+    assert result.cause is case.cause
     assert bool(dns_server.queries) == case.asks_dns
 
 
@@ -426,6 +552,7 @@ def test_temperror(dns_server: DnsServer, resolver: Resolver, fault: str) -> Non
     dns_server.fault(KEY_NAME, fault)
     (result,) = _check(resolver, signer.sign(sample_message()))
     assert result.result is TEMPERROR
+    assert result.cause is DkimCause.KEY_UNAVAILABLE
     assert KEY_NAME in result.reason
 
 
@@ -439,6 +566,7 @@ def test_temperror_lookup_budget(dns_server: DnsServer, resolver: Resolver) -> N
     results = check_dkim(resolver, Message(signed), CONFIG, timeout=0.1)
     assert [r.result for r in results] == [TEMPERROR, TEMPERROR]
     assert "took longer than" in results[1].reason
+    assert results[1].cause is DkimCause.TIME_BUDGET
     assert {q[0] for q in dns_server.queries} == {slow[1].name + "."}
 
 
@@ -455,6 +583,7 @@ def test_unexpected_error_is_temperror(dns_server: DnsServer) -> None:
     (result,) = _check(resolver, Signer(DOMAIN, "s1").sign(sample_message()))
     assert result.result is TEMPERROR
     assert "RuntimeError" in result.reason
+    assert result.cause is DkimCause.INTERNAL_ERROR
 
 
 # --- l= ----------------------------------------------------------------------------------------
@@ -521,6 +650,7 @@ def test_size_cap(dns_server: DnsServer, resolver: Resolver) -> None:
 
     reason = f"message larger than {len(signed) - 1} bytes; DKIM not verified"
     assert [(r.result, r.reason) for r in results] == [(NEUTRAL, reason)] * 2
+    assert {r.cause for r in results} == {DkimCause.MESSAGE_TOO_LARGE}
     assert results[0].domain == DOMAIN
     assert dns_server.queries == []
     assert _check(resolver, signed, DkimConfig(max_message_size=len(signed)))[0].result is PASS
@@ -541,6 +671,7 @@ def test_max_signatures(
 
     assert [r.result for r in results] == [PASS] * verified + [NEUTRAL] * (3 - verified)
     assert all(f"first {limit} DKIM" in r.reason for r in results[verified:])
+    assert all(r.cause is DkimCause.SIGNATURE_LIMIT for r in results[verified:])
 
 
 def test_many_garbage_signatures_stay_bounded(dns_server: DnsServer, resolver: Resolver) -> None:

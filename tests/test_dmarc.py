@@ -1,4 +1,4 @@
-"""DMARC (RFC 9989): record parsing, From extraction, the DNS tree walk, alignment, check_dmarc.
+"""DMARC (RFC 9989): record parsing, the DNS tree walk, alignment, check_dmarc.
 
 Everything that needs DNS runs against the real loopback DNS server; SPF and DKIM results are
 built as values, since only their outcome and domain matter to DMARC.
@@ -9,25 +9,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dnsserver import DnsServer
-from scatterguard.checks.dmarc import (
-    MAX_AUTHOR_DOMAINS,
+from scatterguard.checks.dmarc import check_dmarc
+from scatterguard.checks.orgdomain import (
     OrgDomains,
+    TemporaryFailure,
     aligned,
-    check_dmarc,
     discover,
-    from_domains,
     organizational_domain,
-    parse_record,
     walk_names,
 )
 from scatterguard.checks.resolver import Resolver
+from scatterguard.core.authors import MAX_AUTHOR_DOMAINS
+from scatterguard.core.dmarcrecord import parse_record
 from scatterguard.core.envelope import Address
 from scatterguard.core.message import Message
-from scatterguard.core.results import DkimResult, Policy, Result, SpfResult
+from scatterguard.core.results import DkimResult, DmarcCause, Policy, Result, SpfResult
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -194,135 +194,6 @@ def test_parse_record_never_raises(data: bytes) -> None:
     """Arbitrary bytes give a record or None, never an exception."""
     parse_record(data)
     parse_record(b"v=DMARC1;" + data)
-
-
-# ---------------------------------------------------------------------------------------------
-# From extraction (RFC 5322 §3.4, RFC 9989 §5.3.1).
-
-
-@pytest.mark.parametrize(
-    ("froms", "expected"),
-    [
-        pytest.param(("a@Example.COM",), ["example.com"], id="bare-addr-spec-lowered"),
-        pytest.param(("Alice <alice@example.com.>",), ["example.com"], id="angle-trailing-dot"),
-        pytest.param(
-            ('"Smith, John (x@evil.example)" <john@b.example>, c@d.example',),
-            ["b.example", "d.example"],
-            id="quoted-display-name-and-list",
-        ),
-        pytest.param(
-            ("(a (nested \\) comment) x@evil.example) real@bank.example (y@evil.example)",),
-            ["bank.example"],
-            id="nested-comments-with-quoted-pair",
-        ),
-        pytest.param(
-            ("=?utf-8?q?ceo@bank.example?= <a@evil.example>",),
-            ["evil.example"],
-            id="encoded-word-display-name-ignored",
-        ),
-        pytest.param(
-            ("=?UTF-8?B?w6lsw6hvbm9yZQ==?= <x@b.example>",),
-            ["b.example"],
-            id="base64-encoded-word",
-        ),
-        pytest.param(
-            ("undisclosed-recipients:;",), "the From header field has no address", id="empty-group"
-        ),
-        pytest.param(
-            ("grp: a@x.example, B <b@y.example>;, z@w.example",),
-            ["x.example", "y.example", "w.example"],
-            id="group-with-members",
-        ),
-        pytest.param(
-            ("<@route.example,@r2.example:user@c.example>",),
-            ["c.example"],
-            id="obsolete-route-dropped",
-        ),
-        pytest.param(
-            ("a@x.example", "b@y.example"), ["x.example", "y.example"], id="repeated-from"
-        ),
-        pytest.param(
-            ("a@x.example, b@X.example, c@x.example.",), ["x.example"], id="duplicates-once"
-        ),
-        pytest.param(("Jörg <j@bücher.example>",), ["xn--bcher-kva.example"], id="idn-a-label"),
-        pytest.param(("x@faß.example",), ["xn--fa-hia.example"], id="idna2008-eszett"),
-        pytest.param(("a@b@c.example",), ["b", "c.example"], id="double-at-counts-both"),
-        pytest.param(("Alice <a@x.example",), ["x.example"], id="unterminated-angle"),
-        pytest.param(
-            ('"unterminated a@x.example',),
-            "the From header field has no address",
-            id="unterminated-quote",
-        ),
-        pytest.param(
-            ("a@[192.0.2.1]",), "the From header field has no usable domain", id="address-literal"
-        ),
-        pytest.param(
-            ("a@bank..example",), "the From header field has no usable domain", id="empty-label"
-        ),
-        pytest.param(("nobody",), "the From header field has no address", id="no-at"),
-        pytest.param(
-            ("bad@exa mple.com, good@example.org",), ["exa", "example.org"], id="broken-and-good"
-        ),
-        pytest.param((), "no From header field", id="no-from"),
-    ],
-)
-def test_from_domains(froms: tuple[str, ...], expected: list[str] | str) -> None:
-    """Every addr-spec of every From field counts; display names and comments never do."""
-    assert from_domains(message(*froms)) == expected
-
-
-def test_from_domains_bare_lf() -> None:
-    """LF-only messages are read like CRLF ones, folded fields included."""
-    data = b"From: Alice\n <alice@example.com>,\n\tbob@example.org\nSubject: x\n\nbody\n"
-    assert from_domains(Message(data)) == ["example.com", "example.org"]
-
-
-def test_from_domains_thousand_addresses_capped() -> None:
-    """A thousand addresses are read; the list stops one past the cap of distinct domains."""
-    value = ", ".join(f"User {i} <u{i}@d{i}.example>" for i in range(1000))
-    domains = from_domains(message(value))
-    assert domains == [f"d{i}.example" for i in range(MAX_AUTHOR_DOMAINS + 1)]
-
-
-def test_from_domains_thousand_addresses_one_domain() -> None:
-    """A thousand addresses of one domain give that one domain."""
-    value = ", ".join(f"u{i}@example.com" for i in range(1000))
-    assert from_domains(message(value)) == ["example.com"]
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        pytest.param("a@" * 20_000, ["a"], id="many-at-signs"),
-        pytest.param(
-            "(" * 50_000 + "a@x.example", "the From header field has no address", id="open-comments"
-        ),
-        pytest.param("<" * 50_000, "the From header field has no address", id="many-angles"),
-        pytest.param("=?a?q?" * 10_000, "the From header field has no address", id="broken-words"),
-        pytest.param("g:" * 20_000 + "a@x.example;", ["x.example"], id="many-group-colons"),
-    ],
-)
-def test_from_domains_pathological(value: str, expected: list[str] | str) -> None:
-    """Huge hostile From values are read in one linear pass and give a plain answer."""
-    assert from_domains(message(value)) == expected
-
-
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=400))
-def test_from_domains_never_raises(data: bytes) -> None:
-    """Arbitrary bytes, as a whole message or as a From value, never make it raise."""
-    for raw in (data, b"From: " + data + b"\r\n\r\n"):
-        result = from_domains(Message(raw))
-        assert isinstance(result, (list, str))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet='<>()[]":;@.,\\ \t=?ab\u00fc', max_size=120))
-def test_from_domains_never_raises_on_structure(value: str) -> None:
-    """Tangled structure characters never make it raise, and domains are always clean."""
-    result = from_domains(message(value))
-    if isinstance(result, list):
-        assert all(d == d.lower() and d.isascii() and d for d in result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -948,6 +819,53 @@ def test_check_dmarc_no_from(resolver: Resolver) -> None:
     result = check_dmarc(resolver, message("undisclosed-recipients:;"), NO_SPF, (), None)
     assert (result.result, result.policy, result.domain) == (Result.PERMERROR, None, None)
     assert "no address" in result.reason
+    assert result.cause is DmarcCause.NO_FROM_ADDRESS
+
+
+@pytest.mark.parametrize(
+    ("records", "fault", "spf_result", "expected"),
+    [
+        pytest.param((), None, NO_SPF, (Result.NONE, DmarcCause.NO_RECORD), id="no-record"),
+        pytest.param(
+            (("_dmarc.example.com", "v=DMARC1; p=bogus"),),
+            None,
+            NO_SPF,
+            (Result.NONE, DmarcCause.RECORD_NOT_APPLIED),
+            id="record-not-applied",
+        ),
+        pytest.param(
+            REJECT,
+            ("_dmarc.example.com", "servfail"),
+            NO_SPF,
+            (Result.TEMPERROR, DmarcCause.DNS_ERROR),
+            id="discovery-servfail",
+        ),
+        pytest.param(
+            REJECT,
+            None,
+            spf("example.com", "temperror"),
+            (Result.TEMPERROR, DmarcCause.OUTCOME_OPEN),
+            id="aligned-spf-temperror",
+        ),
+        pytest.param(REJECT, None, spf("example.com"), (Result.PASS, None), id="pass"),
+        pytest.param(REJECT, None, NO_SPF, (Result.FAIL, None), id="fail"),
+    ],
+)
+def test_check_dmarc_cause(
+    dns_server: DnsServer,
+    resolver: Resolver,
+    records: Sequence[tuple[str, str]],
+    fault: tuple[str, str] | None,
+    spf_result: SpfResult,
+    expected: tuple[Result, DmarcCause | None],
+) -> None:
+    """Each result carries the cause code beside its text, per domain and for the message."""
+    load(dns_server, records)
+    if fault is not None:
+        dns_server.fault(*fault)
+    result = check_dmarc(resolver, message("a@example.com"), spf_result, (), None)
+    assert (result.result, result.cause) == expected, result.reason
+    assert (result.per_domain[0].result, result.per_domain[0].cause) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1131,6 +1049,7 @@ def test_check_dmarc_too_many_domains(dns_server: DnsServer, resolver: Resolver)
         "d0.example",
     )
     assert dns_server.queries == []
+    assert result.cause is DmarcCause.TOO_MANY_DOMAINS
 
 
 def test_check_dmarc_at_the_cap(dns_server: DnsServer, resolver: Resolver) -> None:
@@ -1254,7 +1173,8 @@ def test_check_dmarc_existence_unknown(dns_server: DnsServer, resolver: Resolver
     """When np matters and the existence lookup times out, a failure stays open (temperror)."""
     dns_server.records.add_txt("_dmarc.example.com", "v=DMARC1; p=none; np=reject")
     # Discovery's answers are cached first, so only the existence lookup meets the timeout.
-    assert not isinstance(discover(OrgDomains(resolver), "ghost.example.com"), str)
+    assert not isinstance(discover(OrgDomains(resolver), "ghost.example.com"), TemporaryFailure)
     dns_server.fault("ghost.example.com", "timeout")
     result = check_dmarc(resolver, message("a@ghost.example.com"), NO_SPF, (), None)
     assert (result.result, result.policy) == (Result.TEMPERROR, Policy.REJECT)
+    assert result.cause is DmarcCause.EXISTENCE_UNKNOWN

@@ -707,6 +707,8 @@ def test_check_json_reports_spf_for_the_evaluated_domain(mta: Filter) -> None:
     report = json.loads(done.stdout)
     assert (report["spf"]["result"], report["spf"]["domain"]) == ("fail", "nodmarc.example")
     assert report["action"] == "quarantine"
+    # DESIGN.md §Layers: the rule that decided, machine-readable, beside the reasons.
+    assert report["rule"] == "spf_fail_no_dmarc_unverified"
 
 
 def test_dkim_replay_with_forged_mail_from_is_not_bounced(

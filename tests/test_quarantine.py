@@ -30,7 +30,7 @@ from scatterguard.actions.quarantine.entry import Metadata, NotFound, Purged, en
 from scatterguard.actions.reinject import CommandReinjector
 from scatterguard.core.envelope import Address, Envelope
 from scatterguard.core.message import Message, Payload
-from scatterguard.core.verdict import Action, Decision
+from scatterguard.core.verdict import Action, Decision, Rule
 from scatterguard.errors import QuarantineError
 from scatterguard.frontends import admin
 
@@ -128,7 +128,7 @@ def test_add_records_the_envelope_and_decision(store: Store) -> None:
         helo="bad.example",
         queue_id="4AbCdE",
     )
-    decision = Decision(Action.QUARANTINE, False, ("DMARC fail",))
+    decision = Decision(Action.QUARANTINE, Rule.DMARC_QUARANTINE, False, ("DMARC fail",))
     added = store.add(DATA, envelope, decision, AR)
     entry, raw = store.get(added)
     assert raw == DATA
@@ -148,7 +148,9 @@ def test_add_records_the_envelope_and_decision(store: Store) -> None:
 def test_null_sender_is_stored_as_empty_string(store: Store) -> None:
     """The null reverse-path is "" in the metadata and "<>" only when shown."""
     envelope = Envelope(sender=None, recipients=("bob@rcpt.example",))
-    added = store.add(DATA, envelope, Decision(Action.QUARANTINE, False, ()), AR)
+    added = store.add(
+        DATA, envelope, Decision(Action.QUARANTINE, Rule.DMARC_QUARANTINE, False, ()), AR
+    )
     assert store.get(added)[0].metadata.sender == ""
     out = io.StringIO()
     assert admin.show(store, added, out) == 0

@@ -26,7 +26,7 @@ from scatterguard.actions.quarantine.directory import Store
 from scatterguard.actions.quarantine.entry import Metadata, NotFound, Purged, valid_id
 from scatterguard.core.envelope import Address, Envelope
 from scatterguard.core.message import Payload
-from scatterguard.core.verdict import Action, Decision
+from scatterguard.core.verdict import Action, Decision, Rule
 from scatterguard.errors import ConfigError, QuarantineError, ReinjectError
 
 T0 = datetime(2026, 11, 27, 6, 0, 0, tzinfo=UTC)
@@ -128,7 +128,7 @@ def test_add_keeps_the_envelope_and_the_decision(store: QuarantineStore) -> None
         helo="bad.example",
         queue_id="4AbCdE",
     )
-    decision = Decision(Action.QUARANTINE, False, ("DMARC fail",))
+    decision = Decision(Action.QUARANTINE, Rule.DMARC_QUARANTINE, False, ("DMARC fail",))
     entry, data = store.get(store.add(DATA, envelope, decision, AR))
     assert data == DATA
     assert entry.metadata == Metadata(

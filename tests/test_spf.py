@@ -12,7 +12,7 @@ from dnsserver import DnsServer
 from scatterguard.checks.resolver import Answer, Resolver, Status
 from scatterguard.checks.spf import MAX_REASON, OutOfTime, ResolverQuery, check_spf, spf_domain
 from scatterguard.core.envelope import Envelope, parse_sender
-from scatterguard.core.results import Result, SpfResult
+from scatterguard.core.results import Result, SpfCause, SpfResult
 
 PASS, FAIL, SOFTFAIL, NEUTRAL = Result.PASS, Result.FAIL, Result.SOFTFAIL, Result.NEUTRAL
 NONE, TEMPERROR, PERMERROR = Result.NONE, Result.TEMPERROR, Result.PERMERROR
@@ -389,6 +389,75 @@ def test_cache_hit_still_counts_void(dns_server: DnsServer, resolver: Resolver) 
     assert "Void lookup" in mailfrom.reason
 
 
+@pytest.mark.parametrize(
+    ("case", "query_time", "cause"),
+    [
+        pytest.param(Case("alice@pass.example", "192.0.2.10", None, PASS), 20.0, None, id="pass"),
+        pytest.param(Case("alice@pass.example", "198.51.100.7", None, FAIL), 20.0, None, id="fail"),
+        pytest.param(
+            Case("alice@syntax.example", "192.0.2.10", None, PERMERROR), 20.0, None, id="permerror"
+        ),
+        pytest.param(
+            Case("alice@norecord.example", "192.0.2.10", None, NONE),
+            20.0,
+            SpfCause.NO_RECORD,
+            id="no-record",
+        ),
+        pytest.param(
+            Case("alice@pass.example", None, None, NONE),
+            20.0,
+            SpfCause.NO_CLIENT_ADDRESS,
+            id="no-client",
+        ),
+        pytest.param(
+            Case("not an address", "192.0.2.10", None, NONE), 20.0, SpfCause.NO_DOMAIN, id="no-at"
+        ),
+        pytest.param(
+            Case("alice@localhost", "192.0.2.10", None, NONE),
+            20.0,
+            SpfCause.NOT_A_DOMAIN,
+            id="one-label",
+        ),
+        pytest.param(
+            Case("", "192.0.2.10", None, NONE), 20.0, SpfCause.NO_DOMAIN, id="null-no-helo"
+        ),
+        pytest.param(
+            Case("", "192.0.2.10", "[192.0.2.10]", NONE),
+            20.0,
+            SpfCause.NOT_A_DOMAIN,
+            id="null-literal-helo",
+        ),
+        pytest.param(
+            Case(
+                "alice@pass.example",
+                "192.0.2.10",
+                None,
+                TEMPERROR,
+                faults=(("pass.example", "servfail"),),
+            ),
+            20.0,
+            SpfCause.DNS_ERROR,
+            id="servfail",
+        ),
+        pytest.param(
+            Case("alice@pass.example", "192.0.2.10", None, TEMPERROR),
+            -1.0,
+            SpfCause.TIME_BUDGET,
+            id="out-of-time",
+        ),
+    ],
+)
+def test_cause(
+    dns_server: DnsServer, resolver: Resolver, case: Case, query_time: float, cause: SpfCause | None
+) -> None:
+    """Each SPF result carries a cause code where the word alone does not say why."""
+    dns_server.records.add_text(ZONE)
+    for name, kind in case.faults:
+        dns_server.fault(name, kind)
+    mailfrom, _helo = check_spf(resolver, _envelope(case), query_time=query_time)
+    assert (mailfrom.result, mailfrom.cause) == (case.mailfrom, cause), mailfrom.reason
+
+
 class _BrokenResolver(Resolver):
     """A resolver with a bug: every lookup raises."""
 
@@ -402,6 +471,7 @@ def test_library_or_resolver_bug_is_temperror() -> None:
     envelope = _envelope(Case("alice@pass.example", "192.0.2.10", "mail.helo.example", TEMPERROR))
     mailfrom, helo = check_spf(resolver, envelope)
     assert mailfrom.result is TEMPERROR
+    assert mailfrom.cause is SpfCause.INTERNAL_ERROR
     assert "RuntimeError" in mailfrom.reason
     assert helo is None
 

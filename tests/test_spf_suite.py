@@ -228,7 +228,7 @@ def test_rfc7208_suite(
         result, reason = mailfrom.result, mailfrom.reason
     else:
         # The sender exactly as the suite gives it, through the same resolver-backed pyspf query.
-        result, reason = evaluate(resolver, test["host"], test["mailfrom"], test["helo"])
+        result, reason, _cause = evaluate(resolver, test["host"], test["mailfrom"], test["helo"])
     assert result.value in expected, f"{result.value} not in {expected}: {reason}"
     explanation = test.get("explanation")
     if explanation is not None and result.value == "fail":

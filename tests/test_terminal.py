@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from scatterguard.core import explain
 from scatterguard.core.terminal import printable
-from scatterguard.frontends import cli
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,7 @@ def test_printable_escapes_what_a_terminal_acts_on(text: str, shown: str) -> Non
 def _document(reason: str) -> dict[str, Any]:
     return {
         "action": "quarantine",
+        "rule": "spf_fail_no_dmarc_unverified",
         "reverse_path_verified": False,
         "reasons": [reason],
         "spf": {"result": "fail", "identity": "mailfrom", "domain": "x.example"},
@@ -44,6 +45,6 @@ def _document(reason: str) -> dict[str, Any]:
 def test_check_text_escapes_as_the_quarantine_commands_do() -> None:
     """``check`` (without --json) shows a bidi override as ``\\u202e``, as ``quarantine show``
     does; it used to print ``\\x202e``, which reads as ``\\x20`` followed by ``2e``."""
-    text = cli.human(_document("From evil\u202eexample.com"))
+    text = explain.text(_document("From evil\u202eexample.com"))
     assert "  - From evil\\u202eexample.com\n" in text
     assert all(c.isprintable() for c in text.replace("\n", ""))

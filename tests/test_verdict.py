@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 from hypothesis import given
@@ -10,9 +11,12 @@ from hypothesis import strategies as st
 
 from scatterguard.core.envelope import Address, Envelope
 from scatterguard.core.results import AuthReport, DmarcResult, Policy, Result, SpfResult
-from scatterguard.core.verdict import Action, Knobs, decide, effective_policy
+from scatterguard.core.verdict import Action, DecisionSettings, Rule, decide, effective_policy
+from scatterguard.errors import DMARC_REJECT_STATUS, DNS_TEMPFAIL_STATUS, TEMPFAIL_STATUS
 
-KNOBS = Knobs(trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),), defer_max_age=4 * 3600)
+SETTINGS = DecisionSettings(
+    trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),), defer_max_age=4 * 3600
+)
 SENDER = Address("alice@sender.example", "alice", "sender.example")
 
 
@@ -46,7 +50,7 @@ def report(
 
 
 @pytest.mark.parametrize(
-    ("rep", "env", "age", "action", "verified"),
+    ("rep", "env", "age", "action", "verified", "rule"),
     [
         pytest.param(
             report(spf="fail", dmarc="fail", policy="reject"),
@@ -54,6 +58,7 @@ def report(
             None,
             Action.DELIVER,
             True,
+            Rule.AUTHENTICATED,
             id="rule1-sasl-delivers-and-verifies",
         ),
         pytest.param(
@@ -62,6 +67,7 @@ def report(
             None,
             Action.DELIVER,
             True,
+            Rule.TRUSTED_NETWORK,
             id="rule1-trusted-network-delivers",
         ),
         pytest.param(
@@ -70,6 +76,7 @@ def report(
             60.0,
             Action.DEFER,
             False,
+            Rule.DEFER_TEMPERROR,
             id="rule2-dmarc-temperror-defers",
         ),
         pytest.param(
@@ -78,6 +85,7 @@ def report(
             None,
             Action.DEFER,
             False,
+            Rule.DEFER_TEMPERROR,
             id="rule2-dmarc-discovery-temperror-defers",
         ),
         pytest.param(
@@ -86,6 +94,7 @@ def report(
             60.0,
             Action.DEFER,
             False,
+            Rule.DEFER_TEMPERROR,
             id="rule2-no-policy-spf-temperror-defers",
         ),
         pytest.param(
@@ -94,6 +103,7 @@ def report(
             60.0,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule2-spf-temperror-with-dmarc-pass-delivers",
         ),
         pytest.param(
@@ -102,6 +112,7 @@ def report(
             60.0,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule2-temperror-under-p-none-is-not-open",
         ),
         pytest.param(
@@ -110,6 +121,7 @@ def report(
             5 * 3600.0,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule2-past-defer-max-age-decides",
         ),
         pytest.param(
@@ -118,6 +130,7 @@ def report(
             5 * 3600.0,
             Action.QUARANTINE,
             False,
+            Rule.DEFER_MAX_AGE_QUARANTINE,
             id="rule2-open-p-reject-past-max-age-quarantines",
         ),
         pytest.param(
@@ -126,6 +139,7 @@ def report(
             5 * 3600.0,
             Action.QUARANTINE,
             True,
+            Rule.DEFER_MAX_AGE_QUARANTINE,
             id="rule2-open-p-quarantine-past-max-age-quarantines",
         ),
         pytest.param(
@@ -134,6 +148,7 @@ def report(
             5 * 3600.0,
             Action.QUARANTINE,
             False,
+            Rule.DEFER_MAX_AGE_QUARANTINE,
             id="rule2-open-unread-policy-past-max-age-quarantines",
         ),
         pytest.param(
@@ -142,6 +157,7 @@ def report(
             5 * 3600.0,
             Action.QUARANTINE,
             False,
+            Rule.DEFER_MAX_AGE_QUARANTINE,
             id="rule2-open-p-reject-t-y-past-max-age-quarantines",
         ),
         pytest.param(
@@ -150,6 +166,7 @@ def report(
             60.0,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule2-open-under-effective-none-is-not-open",
         ),
         pytest.param(
@@ -158,6 +175,7 @@ def report(
             5 * 3600.0,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule2-spf-temperror-no-from-past-max-age-decides",
         ),
         pytest.param(
@@ -166,6 +184,7 @@ def report(
             None,
             Action.BOUNCE,
             True,
+            Rule.DMARC_REJECT,
             id="rule3-reject-verified-bounces",
         ),
         pytest.param(
@@ -174,6 +193,7 @@ def report(
             None,
             Action.QUARANTINE,
             False,
+            Rule.DMARC_REJECT_UNVERIFIED,
             id="rule3-reject-unverified-quarantines",
         ),
         pytest.param(
@@ -182,6 +202,7 @@ def report(
             None,
             Action.QUARANTINE,
             True,
+            Rule.DMARC_QUARANTINE,
             id="rule3-quarantine-policy",
         ),
         pytest.param(
@@ -190,6 +211,7 @@ def report(
             None,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule3-p-none-continues",
         ),
         pytest.param(
@@ -198,6 +220,7 @@ def report(
             None,
             Action.QUARANTINE,
             True,
+            Rule.DMARC_QUARANTINE,
             id="rule3-t-y-reject-becomes-quarantine",
         ),
         pytest.param(
@@ -206,6 +229,7 @@ def report(
             None,
             Action.DELIVER,
             True,
+            Rule.DELIVER,
             id="rule3-t-y-quarantine-becomes-none",
         ),
         pytest.param(
@@ -214,6 +238,7 @@ def report(
             None,
             Action.DELIVER,
             True,
+            Rule.DELIVER,
             id="rule3-pass-delivers",
         ),
         pytest.param(
@@ -222,6 +247,7 @@ def report(
             None,
             Action.QUARANTINE,
             False,
+            Rule.SPF_FAIL_NO_DMARC_UNVERIFIED,
             id="rule4-spf-fail-unverified-quarantines",
         ),
         pytest.param(
@@ -230,6 +256,7 @@ def report(
             None,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule4-spf-fail-with-aligned-dkim-continues-unverified",
         ),
         pytest.param(
@@ -238,6 +265,7 @@ def report(
             None,
             Action.QUARANTINE,
             False,
+            Rule.SPF_FAIL_NO_DMARC_UNVERIFIED,
             id="rule4-applies-without-usable-from",
         ),
         pytest.param(
@@ -246,6 +274,7 @@ def report(
             None,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule4-softfail-continues",
         ),
         pytest.param(
@@ -254,6 +283,7 @@ def report(
             None,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule4-neutral-continues",
         ),
         pytest.param(
@@ -262,10 +292,17 @@ def report(
             None,
             Action.DELIVER,
             False,
+            Rule.DELIVER,
             id="rule4-permerror-continues",
         ),
         pytest.param(
-            report(spf="none"), envelope(), None, Action.DELIVER, False, id="rule5-nothing-delivers"
+            report(spf="none"),
+            envelope(),
+            None,
+            Action.DELIVER,
+            False,
+            Rule.DELIVER,
+            id="rule5-nothing-delivers",
         ),
         pytest.param(
             report(spf="pass", dmarc="fail", policy="reject"),
@@ -273,6 +310,7 @@ def report(
             None,
             Action.QUARANTINE,
             False,
+            Rule.DMARC_REJECT_UNVERIFIED,
             id="rule6-null-sender-never-bounced",
         ),
         pytest.param(
@@ -281,6 +319,7 @@ def report(
             None,
             Action.BOUNCE,
             True,
+            Rule.DMARC_REJECT,
             id="rule6-dkim-aligned-spf-none-bounces",
         ),
         pytest.param(
@@ -289,6 +328,7 @@ def report(
             None,
             Action.BOUNCE,
             True,
+            Rule.DMARC_REJECT,
             id="rule6-dkim-aligned-spf-neutral-bounces",
         ),
         *(
@@ -298,6 +338,7 @@ def report(
                 None,
                 Action.QUARANTINE,
                 False,
+                Rule.DMARC_REJECT_UNVERIFIED,
                 id=f"rule6-dkim-replay-spf-{word}-not-verified",
             )
             for word in ("fail", "softfail", "temperror", "permerror")
@@ -308,6 +349,7 @@ def report(
             None,
             Action.QUARANTINE,
             False,
+            Rule.DMARC_REJECT_UNVERIFIED,
             id="rule6-non-strict-reverse-path-never-verified",
         ),
         pytest.param(
@@ -320,6 +362,7 @@ def report(
             None,
             Action.QUARANTINE,
             False,
+            Rule.DMARC_REJECT_UNVERIFIED,
             id="rule6-spf-pass-for-another-domain-does-not-verify",
         ),
         pytest.param(
@@ -333,6 +376,7 @@ def report(
             None,
             Action.QUARANTINE,
             False,
+            Rule.DMARC_REJECT_UNVERIFIED,
             id="rule6-spf-none-for-another-domain-lets-no-dkim-signature-verify",
         ),
         pytest.param(
@@ -341,16 +385,18 @@ def report(
             None,
             Action.QUARANTINE,
             False,
+            Rule.SPF_FAIL_NO_DMARC_UNVERIFIED,
             id="rule6-null-sender-spf-fail-quarantined",
         ),
     ],
 )
 def test_decision_table(
-    rep: AuthReport, env: Envelope, age: float | None, action: Action, verified: bool
+    rep: AuthReport, env: Envelope, age: float | None, action: Action, verified: bool, rule: Rule
 ) -> None:
-    """Each row of the decision table gives its action and verification."""
-    decision = decide(rep, env, KNOBS, age)
+    """Each row of the decision table gives its action, verification and rule."""
+    decision = decide(rep, env, SETTINGS, age)
     assert decision.action is action, decision.reasons
+    assert decision.rule is rule, decision.reasons
     assert decision.reverse_path_verified is verified
     assert decision.reasons
     if action is Action.BOUNCE:
@@ -376,7 +422,7 @@ def test_decision_table(
 )
 def test_bounce_status_codes(rep: AuthReport, code: str) -> None:
     """Bounces carry the RFC 7372 code of the failing mechanism."""
-    decision = decide(rep, envelope(), KNOBS)
+    decision = decide(rep, envelope(), SETTINGS)
     assert decision.status is not None
     assert decision.status.split()[0] == code
 
@@ -396,15 +442,78 @@ def test_malformed_messages_are_kept(env: Envelope, action: Action) -> None:
         dmarc=DmarcResult(Result.FAIL, "from.example", Policy.REJECT),
         malformed="the message starts with a continuation line",
     )
-    decision = decide(rep, env, KNOBS)
+    decision = decide(rep, env, SETTINGS)
     assert decision.action is action
+    assert decision.rule is Rule.MALFORMED
     if action is Action.QUARANTINE:
         assert "malformed" in decision.reasons[0]
 
 
+def test_internal_error_defers_with_the_one_filter_failure_status() -> None:
+    """A bug inside decide() defers, with the same 4.3.0 line as every other failure of ours."""
+    broken = AuthReport(spf=None, dkim=(), dmarc=None)  # type: ignore[arg-type]
+    decision = decide(broken, envelope(), SETTINGS)
+    assert (decision.action, decision.rule) == (Action.DEFER, Rule.INTERNAL_ERROR)
+    assert decision.status == TEMPFAIL_STATUS
+
+
+def test_status_lines_come_from_the_one_table() -> None:
+    """Bounce and DNS deferral lines are the texts of errors.py, with the domain filled in."""
+    bounce = decide(report(spf="pass", dmarc="fail", policy="reject"), envelope(), SETTINGS)
+    assert bounce.status == DMARC_REJECT_STATUS.format(domain="from.example")
+    defer = decide(report(spf="temperror"), envelope(), SETTINGS, 60.0)
+    assert defer.status == DNS_TEMPFAIL_STATUS
+
+
+def test_rule_values_are_stable_labels() -> None:
+    """Rule values are distinct lower-case words joined by underscores (JSON and metric labels)."""
+    values = [rule.value for rule in Rule]
+    assert len(set(values)) == len(values)
+    assert all(re.fullmatch(r"[a-z]+(?:_[a-z]+)*", value) for value in values)
+    assert all(str(rule) == rule.value for rule in Rule)
+
+
+def not_evaluated(spf: str) -> AuthReport:
+    """What a front end that sees only the envelope reports: SPF, and no DKIM or DMARC at all."""
+    return AuthReport(
+        spf=SpfResult(Result(spf), "mailfrom", "sender.example"), dkim=None, dmarc=None
+    )
+
+
+def test_rule4_does_not_fire_when_dmarc_was_not_evaluated() -> None:
+    """SPF fail is reject-class only with no DMARC policy found; not evaluated is not "none"."""
+    found_none = decide(report(spf="fail", dmarc="none"), envelope(), SETTINGS)
+    assert found_none.rule is Rule.SPF_FAIL_NO_DMARC_UNVERIFIED
+    decision = decide(not_evaluated("fail"), envelope(), SETTINGS)
+    assert (decision.action, decision.rule) == (Action.DELIVER, Rule.DELIVER), decision.reasons
+    assert decision.status is None
+    assert any("DMARC not evaluated" in reason for reason in decision.reasons)
+
+
+def test_spf_temperror_is_not_open_when_dmarc_was_not_evaluated() -> None:
+    """Rule 2's SPF branch is rule 4's twin: without a DMARC finding nothing is left open."""
+    assert decide(report(spf="temperror"), envelope(), SETTINGS, 60.0).action is Action.DEFER
+    decision = decide(not_evaluated("temperror"), envelope(), SETTINGS, 60.0)
+    assert (decision.action, decision.rule) == (Action.DELIVER, Rule.DELIVER)
+
+
+@given(
+    spf=st.sampled_from(list(Result)),
+    null_sender=st.booleans(),
+    age=st.none() | st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_not_evaluated_never_decides_on_dmarc_or_its_absence(
+    spf: Result, null_sender: bool, age: float | None
+) -> None:
+    """Without DKIM and DMARC evaluated, no SPF result makes a message reject-class or open."""
+    report_ = AuthReport(spf=SpfResult(spf, "mailfrom", "sender.example"), dkim=None, dmarc=None)
+    decision = decide(report_, envelope(sender=None if null_sender else SENDER), SETTINGS, age)
+    assert (decision.action, decision.rule) == (Action.DELIVER, Rule.DELIVER)
+
+
 def test_spf_fail_alone_never_bounces() -> None:
     """SPF fail cannot bounce: it excludes SPF pass, and aligned DKIM or trust stop rule 4 first."""
-    decision = decide(report(spf="fail"), envelope(), KNOBS)
+    decision = decide(report(spf="fail"), envelope(), SETTINGS)
     assert decision.action is Action.QUARANTINE
     assert any("SPF fail" in reason for reason in decision.reasons)
 
@@ -416,7 +525,7 @@ def test_status_line_never_carries_foreign_characters() -> None:
         dkim=(),
         dmarc=DmarcResult(Result.FAIL, "evil.example\r\n5.0.0 <b>", Policy.REJECT),
     )
-    decision = decide(rep, envelope(), KNOBS)
+    decision = decide(rep, envelope(), SETTINGS)
     assert decision.action is Action.BOUNCE
     assert decision.status is not None
     assert not set("\r\n<>") & set(decision.status)
@@ -437,6 +546,19 @@ def test_effective_policy(policy: Policy | None, testing: bool, expected: Policy
     assert effective_policy(policy, testing) is expected
 
 
+# The rules that may settle each action: a bounce only ever comes from a reject-class rule.
+RULES_OF = {
+    Action.DELIVER: {Rule.AUTHENTICATED, Rule.TRUSTED_NETWORK, Rule.DELIVER},
+    Action.BOUNCE: {Rule.DMARC_REJECT, Rule.SPF_FAIL_NO_DMARC},
+    Action.DEFER: {Rule.DEFER_TEMPERROR, Rule.INTERNAL_ERROR},
+    Action.QUARANTINE: {
+        Rule.MALFORMED,
+        Rule.DEFER_MAX_AGE_QUARANTINE,
+        Rule.DMARC_QUARANTINE,
+        Rule.DMARC_REJECT_UNVERIFIED,
+        Rule.SPF_FAIL_NO_DMARC_UNVERIFIED,
+    },
+}
 results = st.sampled_from(list(Result))
 policies = st.none() | st.sampled_from(list(Policy))
 domains = st.none() | st.just("sender.example") | st.text(max_size=30)
@@ -474,8 +596,9 @@ def test_decide_never_raises(
         reverse_path_dkim_aligned=dkim_rp,
     )
     env = envelope(sender=None if null_sender else SENDER, sasl=sasl)
-    decision = decide(rep, env, KNOBS, age)
+    decision = decide(rep, env, SETTINGS, age)
     assert isinstance(decision.action, Action)
+    assert decision.rule in RULES_OF[decision.action]
     if decision.action is Action.BOUNCE:
         assert decision.reverse_path_verified
         assert not null_sender

@@ -1,4 +1,5 @@
-"""The exception tree of scatterguard: our own breakage, never a check's outcome.
+"""The exception tree of scatterguard (our own breakage, never a check's outcome), the exit
+codes and the one table of status lines the MTA is given.
 
 Outcomes of checks (a DNS timeout, a failed signature) are values in
 :mod:`scatterguard.core.results`.
@@ -16,12 +17,18 @@ Exceptions are for things that stop us from doing our job; the CLI maps each to 
 
 from __future__ import annotations
 
-# The filter's exit codes (sysexits.h), the only three it may return, and the status line of a
-# deferral caused by our own breakage.
+# The filter's exit codes (sysexits.h), the only three it may return.
 EX_OK = 0
 EX_UNAVAILABLE = 69  # bounce: the MTA returns the message to its (verified) sender
 EX_TEMPFAIL = 75  # defer: the MTA keeps the message and retries
-TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"
+
+# The status lines for the MTA, one text per code (RFC 3463 enhanced codes, RFC 7372 where one
+# fits): they end up in DSNs and logs. ``{domain}`` is filled in by decide() with domain-like
+# characters only.
+TEMPFAIL_STATUS = "4.3.0 Temporary mail filter failure, try again later"  # our own breakage
+DNS_TEMPFAIL_STATUS = "4.4.3 Temporary DNS failure checking the sender, try again later"
+DMARC_REJECT_STATUS = "5.7.26 DMARC policy of {domain} rejects unauthenticated mail"
+SPF_REJECT_STATUS = "5.7.23 SPF validation failed for {domain}"
 
 
 class ScatterguardError(Exception):

@@ -62,8 +62,8 @@ def evaluate(
     from scatterguard.checks import report as checks  # deferred: pulls in the check libraries
 
     report = checks.run(resolver, message, envelope, config)
-    knobs = verdict.Knobs(config.trusted_networks, config.defer_max_age)
-    decision = verdict.decide(report, envelope, knobs, arrival_age(message, now))
+    settings = verdict.DecisionSettings(config.trusted_networks, config.defer_max_age)
+    decision = verdict.decide(report, envelope, settings, arrival_age(message, now))
     sender_domain = envelope.sender.domain if envelope.sender else None
     rendered = authresults.render(config.authserv_id, report, sender_domain)
     return Evaluation(report, decision, rendered)
@@ -148,8 +148,11 @@ def log_line(
         report = evaluation.report
         values.update(
             spf=f"{report.spf.result}",
-            dkim=[f"{sig.domain}:{sig.result}" for sig in report.dkim] or "none",
-            dmarc=f"{report.dmarc.result}",
+            # None: not evaluated (AuthReport), distinct from "none".
+            dkim=None
+            if report.dkim is None
+            else [f"{sig.domain}:{sig.result}" for sig in report.dkim] or "none",
+            dmarc=None if report.dmarc is None else f"{report.dmarc.result}",
             action=str(evaluation.decision.action),
             verified=evaluation.decision.reverse_path_verified,
             reasons=list(evaluation.decision.reasons),

@@ -15,7 +15,7 @@ written
 - ``dmarc_record``: :func:`scatterguard.core.dmarcrecord.parse_record` (never raises; a record
 written
   back from what it read parses to the same policy).
-- ``from_domains``: :func:`scatterguard.checks.dmarc.from_domains` (A-label domains only, capped,
+- ``from_domains``: :func:`scatterguard.core.authors.from_domains` (A-label domains only, capped,
 and a
   From field added on top adds exactly its domain in front).
 - ``reverse_path``: :func:`scatterguard.core.envelope.parse_sender` (only ``UsageError``, for
@@ -53,15 +53,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scatterguard.checks import dkim as dkimcheck
-from scatterguard.checks import dmarc
 from scatterguard.checks import spf as spfcheck
 from scatterguard.checks.resolver import Answer, Resolver, Status
 from scatterguard.config import DkimConfig
-from scatterguard.core import authresults, dmarcrecord, envelope
+from scatterguard.core import authors, authresults, dmarcrecord, envelope
 from scatterguard.core.message import MAX_HEADER_FIELDS, Message
 from scatterguard.core.results import (
     AuthReport,
     DkimResult,
+    DmarcCause,
     DmarcResult,
     Policy,
     Result,
@@ -197,20 +197,24 @@ def dmarc_record(data: bytes) -> None:
 
 def from_domains(data: bytes) -> None:
     """Domains are lower-case A-labels, capped; a From field on top adds its domain in front."""
-    first = dmarc.from_domains(Message(b"From: " + data + b"\n\nbody\n"))
+    first = authors.from_domains(Message(b"From: " + data + b"\n\nbody\n"))
     if isinstance(first, list):
-        assert 0 < len(first) <= dmarc.MAX_AUTHOR_DOMAINS + 1
+        assert 0 < len(first) <= authors.MAX_AUTHOR_DOMAINS + 1
         assert len(set(first)) == len(first)
         for domain in first:
             assert len(domain) <= 253, domain
             assert _DOMAIN.match(domain), domain
         before = first
     else:
-        assert isinstance(first, str)
+        assert isinstance(first, authors.NoAuthorDomain)
+        assert first.cause in (
+            DmarcCause.NO_FROM_ADDRESS,
+            DmarcCause.NO_FROM_DOMAIN,
+        ), first
         before = []
-    second = dmarc.from_domains(Message(b"From: a@zz.example\nFrom: " + data + b"\n\nbody\n"))
+    second = authors.from_domains(Message(b"From: a@zz.example\nFrom: " + data + b"\n\nbody\n"))
     expected = ["zz.example", *(d for d in before if d != "zz.example")]
-    assert second == expected[: dmarc.MAX_AUTHOR_DOMAINS + 1], (second, expected)
+    assert second == expected[: authors.MAX_AUTHOR_DOMAINS + 1], (second, expected)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,8 +80,9 @@ from typing import Any
 
 from scatterguard.checks.resolver import Resolver, Status
 from scatterguard.config import DkimConfig
+from scatterguard.core import domains
 from scatterguard.core.message import Buffer, Header, Message
-from scatterguard.core.results import DkimResult, Result
+from scatterguard.core.results import DkimCause, DkimResult, Result
 
 FIELD_NAME = "dkim-signature"
 # RFC 8301 §3.2: verifiers MUST NOT consider signatures with RSA keys under 1024 bits valid.
@@ -130,8 +131,7 @@ _TAG_SPEC = re.compile(
 _FWS_ONLY = re.compile(_FWS)
 # RFC 6376 §3.5: d= is a domain-name, s= a selector (dot-separated sub-domains); underscores are
 # allowed, as in DNS names generally. Anything else is not a name DMARC could align or DNS hold.
-_LABEL = rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_DNS_NAME = re.compile(rb"(?=.{1,253}\Z)" + _LABEL + rb"(?:\." + _LABEL + rb")*\Z")
+_DNS_NAME = re.compile(domains.NAME.encode("ascii"))
 # dkimpy's messages quote data as "(b'...')" or "b'...'".
 _ECHO = re.compile(r"\s*\(b'[^']*'\)")
 _BYTES_REPR = re.compile(r"b'([^']*)'")
@@ -157,9 +157,12 @@ class _Outcome(Exception):
     ``dnsfunc``), no ``except DKIMException`` there can swallow it.
     """
 
-    def __init__(self, result: Result, reason: str, covers_body: bool = True) -> None:
+    def __init__(
+        self, result: Result, cause: DkimCause, reason: str, covers_body: bool = True
+    ) -> None:
         super().__init__(reason)
         self.result = result
+        self.cause = cause
         self.reason = reason
         self.covers_body = covers_body
         # The tags dkimpy's parse gave, once it has run and agreed with ours: what is reported.
@@ -185,9 +188,17 @@ class _Verdict:
     """The outcome of one signature and the tags it was reached with (None: none to trust)."""
 
     result: Result
+    cause: DkimCause | None  # None for a pass
     reason: str
     covers_body: bool
     tags: dict[bytes, bytes] | None
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A signature field with no tags we can use: permerror (malformed signature), and why."""
+
+    reason: str
 
 
 def check_dkim(
@@ -208,7 +219,8 @@ def check_dkim(
     if message.size > config.max_message_size:
         # Checked before dkimpy is imported: memory and time stay bounded for huge messages.
         reason = f"message larger than {config.max_message_size} bytes; DKIM not verified"
-        verdicts = [_unverified(tags, Result.NEUTRAL, reason) for tags in read]
+        cause = DkimCause.MESSAGE_TOO_LARGE
+        verdicts = [_unverified(tags, Result.NEUTRAL, cause, reason) for tags in read]
     else:
         verdicts = _verify_all(resolver, message, config, timeout, fields, read)
     described = [_describe(verdict.tags) for verdict in verdicts]
@@ -222,6 +234,7 @@ def check_dkim(
             reason=_clean(verdict.reason),
             covers_body=verdict.covers_body,
             b_prefix=prefix,
+            cause=verdict.cause,
         )
         for verdict, about, prefix in zip(verdicts, described, prefixes, strict=True)
     )
@@ -233,7 +246,7 @@ def _verify_all(
     config: DkimConfig,
     timeout: float,
     fields: Sequence[Header],
-    read: Sequence[dict[bytes, bytes] | str],
+    read: Sequence[dict[bytes, bytes] | _Unreadable],
 ) -> list[_Verdict]:
     """Verify the first ``max_signatures`` fields; the rest are ``neutral``."""
     limit = max(config.max_signatures, 0)
@@ -243,47 +256,54 @@ def _verify_all(
     for index, (field, tags) in enumerate(zip(fields, read, strict=True)):
         if index >= limit:
             reason = f"only the first {limit} DKIM signatures are verified"
-            verdicts.append(_unverified(tags, Result.NEUTRAL, reason))
+            verdicts.append(_unverified(tags, Result.NEUTRAL, DkimCause.SIGNATURE_LIMIT, reason))
             continue
-        if isinstance(tags, str):
-            verdicts.append(_unverified(tags, Result.PERMERROR, tags))
+        if isinstance(tags, _Unreadable):
+            cause = DkimCause.MALFORMED_SIGNATURE
+            verdicts.append(_unverified(tags, Result.PERMERROR, cause, tags.reason))
             continue
         try:
             if verifier is None:
                 verifier = _Verifier(resolver, message, budget=timeout * verified)
             covers_body, reason, used = verifier.verify(field, tags)
-            verdicts.append(_Verdict(Result.PASS, reason, covers_body, used))
+            verdicts.append(_Verdict(Result.PASS, None, reason, covers_body, used))
         except _Outcome as outcome:
             verdicts.append(
-                _Verdict(outcome.result, outcome.reason, outcome.covers_body, outcome.tags)
+                _Verdict(
+                    outcome.result, outcome.cause, outcome.reason, outcome.covers_body, outcome.tags
+                )
             )
         # Anything else is a bug, ours or dkimpy's, or a library that is missing. It must make
         # the MTA retry later (temperror leads to a defer), not fail or bounce good mail; and
         # one signature's trouble must not stop the others from being verified.
         except Exception as exc:  # noqa: BLE001
             reason = f"unexpected error while verifying: {type(exc).__name__}: {exc}"
-            verdicts.append(_unverified(tags, Result.TEMPERROR, reason))
+            verdicts.append(_unverified(tags, Result.TEMPERROR, DkimCause.INTERNAL_ERROR, reason))
     return verdicts
 
 
-def _unverified(tags: dict[bytes, bytes] | str, result: Result, reason: str) -> _Verdict:
+def _unverified(
+    tags: dict[bytes, bytes] | _Unreadable, result: Result, cause: DkimCause, reason: str
+) -> _Verdict:
     """A signature dkimpy did not get to: reported from our parse, which is dkimpy's when it
     accepts (the property test in ``test_dkim_taglist`` shows it), or with nothing to report."""
-    return _Verdict(result, reason, True, tags if isinstance(tags, dict) else None)
+    return _Verdict(result, cause, reason, True, tags if isinstance(tags, dict) else None)
 
 
-def _read_tags(value: bytes) -> dict[bytes, bytes] | str:
-    """The tags of one signature field, or why it has none we can use (a permerror reason)."""
+def _read_tags(value: bytes) -> dict[bytes, bytes] | _Unreadable:
+    """The tags of one signature field, or why it has none we can use (a permerror)."""
     if len(value) > MAX_FIELD:
-        return f"signature field longer than {MAX_FIELD} octets"
+        return _Unreadable(f"signature field longer than {MAX_FIELD} octets")
     if _SPACE_RUN.search(value):
-        return f"signature field has a run of more than {MAX_SPACE_RUN} spaces"
+        return _Unreadable(f"signature field has a run of more than {MAX_SPACE_RUN} spaces")
     try:
         return parse_tag_list(value)
     except TagListError as exc:
         # RFC 6376 §3.2: a tag list outside the grammar is invalid as a whole.
         text = str(exc)
-        return text if text.startswith("duplicated") else f"malformed tag list in signature: {text}"
+        if text.startswith("duplicated"):
+            return _Unreadable(text)
+        return _Unreadable(f"malformed tag list in signature: {text}")
 
 
 def parse_tag_list(value: bytes) -> dict[bytes, bytes]:
@@ -369,14 +389,20 @@ class _Verifier:
         self._check_tags(value, sig)
         algorithm = sig[b"a"]
         if algorithm == b"rsa-sha1":
-            raise _Outcome(Result.PERMERROR, "rsa-sha1 signatures are not accepted (RFC 8301 §3.1)")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.UNSUPPORTED_ALGORITHM,
+                "rsa-sha1 signatures are not accepted (RFC 8301 §3.1)",
+            )
         # The header fields are canonicalised by dkimpy; the body here.
         _, body_canon = _canonicalisation(sig.get(b"c"))
         try:
             signature = base64.b64decode(_WHITESPACE.sub(b"", sig[b"b"]), validate=True)
             body_hash = base64.b64decode(_WHITESPACE.sub(b"", sig[b"bh"]), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise _Outcome(Result.PERMERROR, "b= or bh= is not valid base64") from exc
+            raise _Outcome(
+                Result.PERMERROR, DkimCause.MALFORMED_SIGNATURE, "b= or bh= is not valid base64"
+            ) from exc
 
         key, keysize, key_type, notes = self._key(sig)
 
@@ -385,11 +411,15 @@ class _Verifier:
         body = self._canonical_body(body_canon)
         covers_body = length is None or length >= len(body)
         if self._body_digest(body_canon, algorithm, length) != body_hash:
-            raise _Outcome(Result.FAIL, "body hash did not verify", covers_body)
+            raise _Outcome(
+                Result.FAIL, DkimCause.BODY_HASH, "body hash did not verify", covers_body
+            )
 
         if key_type == b"ed25519" and len(signature) != 64:
             # RFC 8463 §3: an Ed25519 signature is 64 octets; PyNaCl would raise on any other.
-            raise _Outcome(Result.FAIL, "signature did not verify", covers_body)
+            raise _Outcome(
+                Result.FAIL, DkimCause.BAD_SIGNATURE, "signature did not verify", covers_body
+            )
 
         # The header hash and the signature, by dkimpy with the key found above. Without bh= in
         # the tags it skips its own (per-signature, quadratic-prone) body hash: ours is done.
@@ -400,9 +430,16 @@ class _Verifier:
         try:
             verified = self.dkimpy.verify_sig_process(tags, include, (name, value), self.dnsfunc)
         except self.dkim.DKIMException as exc:
-            raise _Outcome(Result.PERMERROR, f"signature unusable: {exc}", covers_body) from exc
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.MALFORMED_SIGNATURE,
+                f"signature unusable: {exc}",
+                covers_body,
+            ) from exc
         if not verified:
-            raise _Outcome(Result.FAIL, "signature did not verify", covers_body)
+            raise _Outcome(
+                Result.FAIL, DkimCause.BAD_SIGNATURE, "signature did not verify", covers_body
+            )
         if not covers_body:
             notes.append(f"l={length} leaves part of the {len(body)}-octet body unsigned")
         return covers_body, "; ".join(["signature verified", *notes])
@@ -416,40 +453,66 @@ class _Verifier:
         try:
             sig = self.parse_tag_value(value)
         except self.invalid_tags as exc:
-            raise _Outcome(Result.PERMERROR, "tag list unparsable by dkimpy") from exc
+            raise _Outcome(
+                Result.PERMERROR, DkimCause.MALFORMED_SIGNATURE, "tag list unparsable by dkimpy"
+            ) from exc
         if sig != ours:
-            raise _Outcome(Result.PERMERROR, "tag list read two ways (ours and dkimpy's)")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.MALFORMED_SIGNATURE,
+                "tag list read two ways (ours and dkimpy's)",
+            )
         return sig
 
     def _check_tags(self, value: bytes, sig: dict[bytes, bytes]) -> None:
         """RFC 6376 §6.1.1 on the tags; :class:`_Outcome` (permerror) for a signature not to use."""
         missing = [tag.decode() for tag in REQUIRED_TAGS if tag not in sig]
         if missing:
-            raise _Outcome(Result.PERMERROR, f"required tag missing: {'= '.join(missing)}=")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.MISSING_TAG,
+                f"required tag missing: {'= '.join(missing)}=",
+            )
         # Checked here because dkimpy's own checks are quadratic on odd white space (b=, bh=),
         # crash on i= equal to d= without "@" (an IndexError), accept an empty l= and then crash
         # on it, and take any h= length.
         for tag in (b"b", b"bh"):
             compact = _WHITESPACE.sub(b"", sig[tag])
             if not compact or len(compact) % 4 or not _BASE64.match(compact):
-                raise _Outcome(Result.PERMERROR, f"{tag.decode()}= is not valid base64")
+                raise _Outcome(
+                    Result.PERMERROR,
+                    DkimCause.MALFORMED_SIGNATURE,
+                    f"{tag.decode()}= is not valid base64",
+                )
         if b"l" in sig and not _DIGITS.match(sig[b"l"]):
-            raise _Outcome(Result.PERMERROR, "l= is not a decimal number")
+            raise _Outcome(
+                Result.PERMERROR, DkimCause.MALFORMED_SIGNATURE, "l= is not a decimal number"
+            )
         names = sig[b"h"].split(b":")
         if len(names) > MAX_SIGNED_FIELDS:
             raise _Outcome(
-                Result.PERMERROR, f"h= names more than {MAX_SIGNED_FIELDS} header fields"
+                Result.PERMERROR,
+                DkimCause.MALFORMED_SIGNATURE,
+                f"h= names more than {MAX_SIGNED_FIELDS} header fields",
             )
         if not all(_FIELD_NAME.match(n.strip()) for n in names):
-            raise _Outcome(Result.PERMERROR, "h= is not a list of header field names")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.MALFORMED_SIGNATURE,
+                "h= is not a list of header field names",
+            )
         if b"from" not in (n.strip().lower() for n in names):
             # RFC 6376 §5.4: the From field MUST be signed; §6.1.1: PERMFAIL (From not signed).
-            raise _Outcome(Result.PERMERROR, "h= does not include From")
+            raise _Outcome(Result.PERMERROR, DkimCause.FROM_NOT_SIGNED, "h= does not include From")
         domain = sig[b"d"].lower()
         if not _DNS_NAME.match(sig[b"d"]) or not _DNS_NAME.match(sig[b"s"]):
             # §3.5: d= is a domain-name and s= a selector. Folded white space inside them would
             # be one name to the key lookup and another to DMARC.
-            raise _Outcome(Result.PERMERROR, "d= or s= is not an ASCII domain name")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.MALFORMED_SIGNATURE,
+                "d= or s= is not an ASCII domain name",
+            )
         # dkimpy hashes the field with every match of its RE_BTAG emptied, not the b= tag's
         # value alone (RFC 6376 §3.7): a " b=" inside another tag's value is taken out of the
         # hash too, and a b= right after the colon is left in. The field it hashes must be this
@@ -460,22 +523,32 @@ class _Verifier:
         except TagListError:
             emptied = {}
         if emptied != {**sig, b"b": b""}:
-            raise _Outcome(Result.PERMERROR, "b= is not where dkimpy empties it for hashing")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.MALFORMED_SIGNATURE,
+                "b= is not where dkimpy empties it for hashing",
+            )
         if b"i" in sig:
             # RFC 6376 §3.5 i=: its domain is d= or a subdomain of it.
             local, at, i_domain = sig[b"i"].rpartition(b"@")
             del local
             i_domain = i_domain.lower()
             if not at or not (i_domain == domain or i_domain.endswith(b"." + domain)):
-                raise _Outcome(Result.PERMERROR, "i= is not in the d= domain")
+                raise _Outcome(
+                    Result.PERMERROR, DkimCause.DOMAIN_MISMATCH, "i= is not in the d= domain"
+                )
         try:
             self.dkim.validate_signature_fields(sig)
         except self.dkim.DKIMException as exc:
             text = _text(exc)
             if text.startswith("x= value is past"):
                 # RFC 6376 §3.5 x= and §6.1.1: PERMFAIL (signature expired).
-                raise _Outcome(Result.PERMERROR, "signature expired (x= is past)") from exc
-            raise _Outcome(Result.PERMERROR, f"invalid signature: {text}") from exc
+                raise _Outcome(
+                    Result.PERMERROR, DkimCause.SIGNATURE_EXPIRED, "signature expired (x= is past)"
+                ) from exc
+            raise _Outcome(
+                Result.PERMERROR, DkimCause.MALFORMED_SIGNATURE, f"invalid signature: {text}"
+            ) from exc
 
     # --- RFC 6376 §6.1.2: the key ---------------------------------------------------------------
 
@@ -485,28 +558,48 @@ class _Verifier:
         try:
             tags = self.parse_tag_value(record)
         except self.invalid_tags as exc:  # pragma: no cover - _key_record only keeps parsable ones
-            raise _Outcome(Result.PERMERROR, f"key record at {name} unparsable") from exc
+            raise _Outcome(
+                Result.PERMERROR, DkimCause.KEY_SYNTAX, f"key record at {name} unparsable"
+            ) from exc
         notes: list[str] = []
         if not _WHITESPACE.sub(b"", tags[b"p"]):
-            raise _Outcome(Result.PERMERROR, f"key at {name} revoked (empty p=)")
+            raise _Outcome(
+                Result.PERMERROR, DkimCause.KEY_REVOKED, f"key at {name} revoked (empty p=)"
+            )
         # RFC 6376 §3.6.1 s=: a key restricted to other services does not apply to email.
         services = [s.strip() for s in tags.get(b"s", b"*").split(b":")]
         if b"*" not in services and b"email" not in services:
-            raise _Outcome(Result.PERMERROR, f"key at {name} is not for email (s=)")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.INAPPROPRIATE_KEY,
+                f"key at {name} is not for email (s=)",
+            )
         # §3.6.1 h=: the hash algorithms the key may be used with.
         if b"h" in tags:
             hashes = [h.strip() for h in tags[b"h"].split(b":")]
             if sig[b"a"].rpartition(b"-")[2] not in hashes:
-                raise _Outcome(Result.PERMERROR, f"key at {name} excludes this hash (h=)")
+                raise _Outcome(
+                    Result.PERMERROR,
+                    DkimCause.INAPPROPRIATE_KEY,
+                    f"key at {name} excludes this hash (h=)",
+                )
         # §6.1.2 step 6-7: a key type that does not fit a= is PERMFAIL (inappropriate key).
         key_type = tags.get(b"k", b"rsa").strip()
         if key_type != KEY_TYPES.get(sig[b"a"]):
-            raise _Outcome(Result.PERMERROR, f"key at {name} is not a key for {_text(sig[b'a'])}")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.INAPPROPRIATE_KEY,
+                f"key at {name} is not a key for {_text(sig[b'a'])}",
+            )
         flags = [f.strip() for f in tags.get(b"t", b"").split(b":")]
         # §3.6.1 t=s: the i= domain must be d= exactly, not a subdomain.
         i_domain = sig.get(b"i", b"").rpartition(b"@")[2].lower()
         if b"s" in flags and b"i" in sig and i_domain != sig[b"d"].lower():
-            raise _Outcome(Result.PERMERROR, f"key at {name} forbids i= subdomains (t=s)")
+            raise _Outcome(
+                Result.PERMERROR,
+                DkimCause.DOMAIN_MISMATCH,
+                f"key at {name} forbids i= subdomains (t=s)",
+            )
         if b"y" in flags:
             notes.append("key in testing mode (t=y)")
         try:
@@ -514,12 +607,15 @@ class _Verifier:
         # A bad base64 p= gives binascii.Error (a ValueError); a missing PyNaCl for an Ed25519
         # key is, for this message, a key we cannot use, as for a verifier without RFC 8463.
         except (self.dkim.DKIMException, ValueError, TypeError) as exc:
-            raise _Outcome(Result.PERMERROR, f"key at {name} unusable: {_text(exc)}") from exc
+            raise _Outcome(
+                Result.PERMERROR, DkimCause.KEY_SYNTAX, f"key at {name} unusable: {_text(exc)}"
+            ) from exc
         if key is None or ktag != key_type:
-            raise _Outcome(Result.PERMERROR, f"key at {name} unusable")
+            raise _Outcome(Result.PERMERROR, DkimCause.KEY_SYNTAX, f"key at {name} unusable")
         if ktag == b"rsa" and keysize < MIN_RSA_BITS:
             raise _Outcome(
                 Result.PERMERROR,
+                DkimCause.INAPPROPRIATE_KEY,
                 f"RSA key at {name} has {keysize} bits, under {MIN_RSA_BITS} (RFC 8301 §3.2)",
             )
         return key, int(keysize), ktag, notes
@@ -528,21 +624,29 @@ class _Verifier:
         """The one DKIM key record at ``name``; :class:`_Outcome` when there is none to use."""
         if time.monotonic() > self.deadline:
             raise _Outcome(
-                Result.TEMPERROR, f"key lookups took longer than {self.budget:g} s; {name} skipped"
+                Result.TEMPERROR,
+                DkimCause.TIME_BUDGET,
+                f"key lookups took longer than {self.budget:g} s; {name} skipped",
             )
         answer = self.resolver.txt(name)
         if answer.temporary:
             # RFC 6376 §6.1.2 step 2: TEMPFAIL (key unavailable).
-            raise _Outcome(Result.TEMPERROR, f"key lookup for {name}: DNS {answer.status.value}")
+            raise _Outcome(
+                Result.TEMPERROR,
+                DkimCause.KEY_UNAVAILABLE,
+                f"key lookup for {name}: DNS {answer.status.value}",
+            )
         if answer.status is not Status.OK:
             # §6.1.2 step 3: PERMFAIL (no key for signature).
-            raise _Outcome(Result.PERMERROR, f"no key for signature at {name}")
+            raise _Outcome(Result.PERMERROR, DkimCause.NO_KEY, f"no key for signature at {name}")
         keys = [text for text in answer.texts() if self._is_key_record(text)]
         if not keys:
-            raise _Outcome(Result.PERMERROR, f"no DKIM key record at {name}")
+            raise _Outcome(Result.PERMERROR, DkimCause.NO_KEY, f"no DKIM key record at {name}")
         if len(keys) > 1:
             # §3.6.2.2: several records make the result undefined; see the module docstring.
-            raise _Outcome(Result.PERMERROR, f"{len(keys)} DKIM key records at {name}")
+            raise _Outcome(
+                Result.PERMERROR, DkimCause.NO_KEY, f"{len(keys)} DKIM key records at {name}"
+            )
         return keys[0]
 
     def _is_key_record(self, text: bytes) -> bool:
@@ -662,7 +766,11 @@ def _canonicalisation(value: bytes | None) -> tuple[bytes, bytes]:
     if len(parts) == 1:
         parts.append(b"simple")
     if len(parts) != 2 or any(p not in CANONICALISATIONS for p in parts):
-        raise _Outcome(Result.PERMERROR, f"unknown canonicalisation c={_text(value)}")
+        raise _Outcome(
+            Result.PERMERROR,
+            DkimCause.UNSUPPORTED_ALGORITHM,
+            f"unknown canonicalisation c={_text(value)}",
+        )
     return parts[0], parts[1]
 
 

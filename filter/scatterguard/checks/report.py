@@ -8,7 +8,7 @@ it is what makes a reverse-path verified without SPF.
 from __future__ import annotations
 
 from scatterguard.checks import dkim as dkimcheck
-from scatterguard.checks import dmarc
+from scatterguard.checks import dmarc, orgdomain
 from scatterguard.checks import spf as spfcheck
 from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config
@@ -42,6 +42,10 @@ def reverse_path_aligned(
         return False
     domain = envelope.sender.domain
     for sig in signatures:
-        if sig.counts and sig.domain and dmarc.aligned(resolver, domain, sig.domain, strict=False):
+        if (
+            sig.counts
+            and sig.domain
+            and orgdomain.aligned(resolver, domain, sig.domain, strict=False)
+        ):
             return True
     return False

@@ -41,8 +41,9 @@ import dns.name
 import spf
 
 from scatterguard.checks.resolver import Answer, Resolver, Status
+from scatterguard.core import domains
 from scatterguard.core.envelope import Envelope
-from scatterguard.core.results import Result, SpfResult
+from scatterguard.core.results import Result, SpfCause, SpfResult
 
 MAX_REASON = 200
 # RFC 7208 §4.6.4 recommends at least 20 seconds for the whole evaluation.
@@ -52,12 +53,14 @@ DEFAULT_QUERY_TIME = 20.0
 PTR_SHARE = 0.25
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 # RFC 7208 §7.1 toplabel: not all digits, so "192.0.2.1" is never taken for a domain.
 _TOPLABEL = re.compile(
     r"(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\Z"
 )
 _RESULTS = {result.value: result for result in Result}
+# pyspf's none is "no SPF record" (the domain was checked as a domain name first), and its
+# temperror a lookup that failed temporarily (our dns() raises it for nothing else).
+_CAUSES = {Result.NONE: SpfCause.NO_RECORD, Result.TEMPERROR: SpfCause.DNS_ERROR}
 
 
 class OutOfTime(spf.TempError):  # type: ignore[misc]  # pyspf ships no type information
@@ -107,6 +110,8 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         self._validated: dict[str, bool] = {}
         self._p_by_domain: dict[str, str] = {}
         self._ptr_targets: list[collections.deque[str]] = []
+        # Set when the evaluation's time budget ran out: its temperror is then TIME_BUDGET.
+        self.out_of_time = False
 
     def dns(
         self,
@@ -131,6 +136,7 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
             # not counted as a void lookup because no query was sent.
             return []
         if time.monotonic() > self.deadline:
+            self.out_of_time = True
             raise OutOfTime(f"SPF evaluation exceeded {self.query_time:g} s")
         answer = self.resolver.query(host, qtype)
         if answer.temporary:
@@ -166,7 +172,7 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
             # names elsewhere (in a zone the client's owner may make time out) are not even
             # looked up. The answer is the one pyspf's domainmatch() would give on all of them.
             target = targets.popleft().rstrip(".").lower()
-            names = [n for n in names if _within(n.rstrip(".").lower(), target)]
+            names = [n for n in names if domains.within(n.rstrip(".").lower(), target)]
         return [name for name in names if self._validates(name)]
 
     def check1(self, record: Any, domain: str, recursion: int) -> Any:
@@ -232,6 +238,7 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         now = time.monotonic()
         if now > self.deadline:
             # Spent before this lookup, by the evaluation as a whole: that is its temperror.
+            self.out_of_time = True
             raise OutOfTime(f"SPF evaluation exceeded {self.query_time:g} s")
         left = min(self.ptr_budget - self.ptr_spent, self.deadline - now)
         if left <= 0:
@@ -245,11 +252,6 @@ class ResolverQuery(spf.query):  # type: ignore[misc]  # pyspf ships no type inf
         if answer.status is not Status.OK:
             return []
         return [_shape(qtype, record) for record in answer.records]
-
-
-def _within(name: str, domain: str) -> bool:
-    """True when ``name`` is ``domain`` or a name under it (pyspf's ``domainmatch`` test)."""
-    return name == domain or name.endswith("." + domain)
 
 
 def _query_within(resolver: Resolver, host: str, qtype: str, seconds: float) -> Answer:
@@ -319,9 +321,7 @@ def spf_domain(text: str | None) -> str | None:
         except UnicodeError:
             return None
     labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2:
-        return None
-    if not all(_LABEL.match(label) for label in labels) or not _TOPLABEL.match(labels[-1]):
+    if len(labels) < 2 or not domains.is_name(name) or not _TOPLABEL.match(labels[-1]):
         return None
     return name.lower()
 
@@ -348,13 +348,14 @@ def check_spf(
     sender = envelope.sender
     if sender.domain is None:
         reason = f"the reverse-path names no domain ({sender.problem}) (RFC 7208 §4.3)"
-        return SpfResult(Result.NONE, "mailfrom", None, _clean(reason)), None
+        return SpfResult(Result.NONE, "mailfrom", None, _clean(reason), SpfCause.NO_DOMAIN), None
     domain = spf_domain(sender.domain)
     if domain is None:
         reason = f"sender domain {sender.domain!r} is not a domain name (RFC 7208 §4.3)"
-        return SpfResult(Result.NONE, "mailfrom", None, _clean(reason)), None
+        return SpfResult(Result.NONE, "mailfrom", None, _clean(reason), SpfCause.NOT_A_DOMAIN), None
     if client is None:
-        return SpfResult(Result.NONE, "mailfrom", domain, "no client address to check"), None
+        reason = "no client address to check"
+        return SpfResult(Result.NONE, "mailfrom", domain, reason, SpfCause.NO_CLIENT_ADDRESS), None
     helo = envelope.helo or "unknown"
     result = evaluate(
         resolver,
@@ -378,13 +379,14 @@ def _check_helo(
 ) -> SpfResult:
     if not helo:
         reason = "null reverse-path and no HELO name: nothing to check (RFC 7208 §2.4)"
-        return SpfResult(Result.NONE, "helo", None, reason)
+        return SpfResult(Result.NONE, "helo", None, reason, SpfCause.NO_DOMAIN)
     domain = spf_domain(helo)
     if domain is None:
         reason = f"HELO name {helo!r} is not a domain name (RFC 7208 §2.3, §4.3)"
-        return SpfResult(Result.NONE, "helo", None, _clean(reason))
+        return SpfResult(Result.NONE, "helo", None, _clean(reason), SpfCause.NOT_A_DOMAIN)
     if client is None:
-        return SpfResult(Result.NONE, "helo", domain, "no client address to check")
+        reason = "no client address to check"
+        return SpfResult(Result.NONE, "helo", domain, reason, SpfCause.NO_CLIENT_ADDRESS)
     mailbox = f"postmaster@{domain}"
     result = evaluate(
         resolver,
@@ -409,10 +411,11 @@ def evaluate(
     receiver: str | None = None,
     local_part: str | None = None,
     domain: str | None = None,
-) -> tuple[Result, str]:
+) -> tuple[Result, str, SpfCause | None]:
     """RFC 7208 ``check_host()`` for ``client`` and ``sender`` (the ``s`` macro).
 
-    Returns the result word and a short, cleaned reason. With ``domain`` given, that is the
+    Returns the result word, a short, cleaned reason and the cause (None when the domain's
+    record gave the result). With ``domain`` given, that is the
     domain evaluated (and ``local_part`` the ``l`` macro), whatever ``sender`` holds; without it
     pyspf splits ``sender`` itself, and an empty ``sender`` means the HELO identity
     (``postmaster@helo``). Never raises.
@@ -431,23 +434,32 @@ def evaluate(
         word, _code, explanation = query.check()
         if domain is not None and (query.d, query.o) != (domain, domain):
             # The result is only worth anything for the domain we report (issue 12 item 5).
-            return Result.TEMPERROR, _clean(f"SPF was evaluated for {query.d!r}, not {domain!r}")
+            reason = _clean(f"SPF was evaluated for {query.d!r}, not {domain!r}")
+            return Result.TEMPERROR, reason, SpfCause.OTHER_DOMAIN
         result = _RESULTS.get(str(word))
         if result is None or result is Result.POLICY:
-            return Result.TEMPERROR, _clean(f"unexpected SPF result {word!r}")
+            return (
+                Result.TEMPERROR,
+                _clean(f"unexpected SPF result {word!r}"),
+                SpfCause.INTERNAL_ERROR,
+            )
         text = str(explanation or "")
         if result is Result.NONE and not text:
             text = f"no SPF record for {query.d}"
-        return result, _clean(text)
+        cause = _CAUSES.get(result)
+        if result is Result.TEMPERROR and query.out_of_time:
+            cause = SpfCause.TIME_BUDGET
+        return result, _clean(text), cause
     # pyspf reports DNS and record problems as results; anything else that escapes is a bug in
     # the library or in us. A bug must make the MTA retry (temperror leads to defer), never fail
     # or bounce mail.
     except Exception as exc:  # noqa: BLE001
-        return Result.TEMPERROR, _clean(f"SPF evaluation failed: {type(exc).__name__}: {exc}")
+        reason = _clean(f"SPF evaluation failed: {type(exc).__name__}: {exc}")
+        return Result.TEMPERROR, reason, SpfCause.INTERNAL_ERROR
 
 
-def _as(outcome: tuple[Result, str], identity: str, domain: str) -> SpfResult:
-    return SpfResult(outcome[0], identity, domain, outcome[1])
+def _as(outcome: tuple[Result, str, SpfCause | None], identity: str, domain: str) -> SpfResult:
+    return SpfResult(outcome[0], identity, domain, outcome[1], outcome[2])
 
 
 def _clean(text: str) -> str:

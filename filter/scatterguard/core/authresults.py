@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from scatterguard.core import domains
 from scatterguard.core.message import Header, Message
 from scatterguard.core.results import AuthReport, Result
 
 FIELD_NAME = "Authentication-Results"
-_DOMAIN = re.compile(
-    r"(?=.{1,253}\Z)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)*\Z"
-)
+# The names the checks evaluated are the names reported: the one label syntax of core.domains.
+_DOMAIN = re.compile(domains.NAME)
 _SELECTOR = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,62})\Z")
 _ALGORITHM = re.compile(r"[a-z0-9]{1,16}-[a-z0-9]{1,16}\Z")
 _B_PREFIX = re.compile(r"[A-Za-z0-9+/]{8,16}\Z")
@@ -44,7 +44,12 @@ class Rendered:
 
 
 def render(authserv_id: str, report: AuthReport, sender_domain: str | None) -> Rendered:
-    """Render the report as A-R clauses: spf (MAIL FROM, or HELO), each dkim, dmarc."""
+    """Render the report as A-R clauses: spf (MAIL FROM, or HELO), each dkim, dmarc.
+
+    A method that was not evaluated (None in the report) has no clause: an A-R result is a
+    claim about an evaluation (RFC 8601 §2.7), and ``dkim=none`` would say the message carries
+    no signature.
+    """
     import authres  # deferred: only messages we deliver or quarantine need it
 
     clauses: list[Any] = []
@@ -56,7 +61,7 @@ def render(authserv_id: str, report: AuthReport, sender_domain: str | None) -> R
     elif _ok(_DOMAIN, sender_domain):
         smtp["smtp_mailfrom"] = sender_domain
     clauses.append(authres.SPFAuthenticationResult(result=spf.result.value, **smtp))
-    for sig in report.dkim:
+    for sig in report.dkim or ():
         properties = {}
         if _ok(_DOMAIN, sig.domain):
             properties["header_d"] = sig.domain
@@ -73,11 +78,13 @@ def render(authserv_id: str, report: AuthReport, sender_domain: str | None) -> R
         if sig.result is Result.PASS and not sig.covers_body:
             result.result_comment = "partial body (l=), not counted"
         clauses.append(result)
-    if not report.dkim:
+    if report.dkim == ():
         clauses.append(authres.DKIMAuthenticationResult(result="none"))
+    dmarc = report.dmarc
+    if dmarc is None:
+        return Rendered(authserv_id, tuple(str(clause) for clause in clauses))
     import authres.dmarc
 
-    dmarc = report.dmarc
     dmarc_props = {}
     if _ok(_DOMAIN, dmarc.domain):
         dmarc_props["header_from"] = dmarc.domain

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scatterguard.core import domains
 from scatterguard.errors import UsageError
 
 # Bytes that must never travel inside an envelope value: they could split a log line, a header
@@ -84,13 +85,10 @@ _WORD_CHARS = re.compile(rf"[{_ATEXT}\u0080-\ud7ff\ue000-\U0010ffff]+")
 _QUOTED_STRING = re.compile(
     r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\ud7ff\ue000-\U0010ffff]|\\[\x20-\x7e])*"'
 )
-# A DNS label as MTAs accept it: letters, digits, hyphen, underscore (RFC 2181 §11: any octets
-# are legal in DNS; underscore labels are common in bounce domains), no hyphen at either end.
-_ALABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+# What a label may hold before IDNA: the ASCII of domains.LABEL and any non-ASCII character.
 _RAW_LABEL = re.compile(r"[A-Za-z0-9_\u0080-\ud7ff\ue000-\U0010ffff-]+\Z")
 # RFC 5321 §4.1.3 General-address-literal: Standardized-tag ":" 1*dcontent.
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\Z")
-MAX_DOMAIN = 253
 
 
 def parse_path(text: str) -> Address:
@@ -195,18 +193,18 @@ def _domain(text: str) -> tuple[str | None, str | None]:
     if text.startswith("[") and text.endswith("]"):
         return None, _LITERAL if _literal(text[1:-1]) else "malformed address literal"
     name = text[:-1] if text.endswith(".") else text
-    if not name or len(name) > MAX_DOMAIN * 4:
+    if not name or len(name) > domains.MAX_DOMAIN * 4:
         return None, "no domain"
     labels = name.split(".")
     if not all(_RAW_LABEL.match(label) for label in labels):
         return None, "malformed domain"
     if not name.isascii():
         try:
-            name = _to_alabels(name)
+            name = domains.to_alabels(name)
         except (UnicodeError, ValueError):
             return None, "domain is not a valid IDN"
     name = name.lower()
-    if len(name) > MAX_DOMAIN or not all(_ALABEL.match(label) for label in name.split(".")):
+    if not domains.is_name(name):
         return None, "malformed domain"
     return name, None
 
@@ -224,16 +222,6 @@ def _literal(inner: str) -> bool:
     except ValueError:
         return bool(_GENERAL_LITERAL.match(inner))
     return True
-
-
-def _to_alabels(domain: str) -> str:
-    """IDNA 2008 with UTS #46 mapping when the ``idna`` package is there, else IDNA 2003."""
-    try:
-        import idna
-    except ImportError:  # pragma: no cover - idna comes with email-validator, but not by promise
-        return domain.encode("idna").decode("ascii")
-    # idna.IDNAError is a UnicodeError.
-    return str(idna.encode(domain, uts46=True).decode("ascii"))
 
 
 def parse_recipient(text: str) -> str:

@@ -45,6 +45,69 @@ class Policy(enum.Enum):
 _STRICTNESS = {Policy.NONE: 0, Policy.QUARANTINE: 1, Policy.REJECT: 2}
 
 
+# Causes: why a check gave its result, where the RFC 8601 word alone does not say. Their values
+# are stable (lower case, underscores): they go into check --json, logs and metric labels.
+# None means the word says it all: a pass, or a fail the domain's own record gave.
+
+
+class SpfCause(enum.Enum):
+    """Why SPF gave its result (RFC 7208), when it was not simply the domain's record."""
+
+    NO_DOMAIN = "no_domain"  # none: no domain to check (RFC 7208 §2.4, §4.3)
+    NOT_A_DOMAIN = "not_a_domain"  # none: the sender domain or HELO is no domain name (§4.3)
+    NO_CLIENT_ADDRESS = "no_client_address"  # none: no client IP to check
+    NO_RECORD = "no_record"  # none: the domain publishes no SPF record (§4.5)
+    DNS_ERROR = "dns_error"  # temperror: a lookup failed temporarily
+    TIME_BUDGET = "time_budget"  # temperror: the evaluation ran out of time (§4.6.4)
+    OTHER_DOMAIN = "other_domain"  # temperror: another domain than the reported one was checked
+    INTERNAL_ERROR = "internal_error"  # temperror: a bug in pyspf or in us
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DkimCause(enum.Enum):
+    """Why a DKIM signature did not pass; mostly RFC 6376 §6.1's PERMFAIL and TEMPFAIL names."""
+
+    MESSAGE_TOO_LARGE = "message_too_large"  # neutral: not verified (dkim.max_message_size)
+    SIGNATURE_LIMIT = "signature_limit"  # neutral: not verified (dkim.max_signatures)
+    MALFORMED_SIGNATURE = "malformed_signature"  # permerror: the field is outside §3.2 / §3.5
+    MISSING_TAG = "missing_tag"  # permerror: signature missing required tag
+    UNSUPPORTED_ALGORITHM = "unsupported_algorithm"  # permerror: rsa-sha1 (RFC 8301), unknown c=
+    FROM_NOT_SIGNED = "from_not_signed"  # permerror: h= does not include From (§5.4)
+    DOMAIN_MISMATCH = "domain_mismatch"  # permerror: i= outside d= (or a subdomain under t=s)
+    SIGNATURE_EXPIRED = "signature_expired"  # permerror: x= is past
+    NO_KEY = "no_key"  # permerror: no key record (or several) at the selector
+    KEY_SYNTAX = "key_syntax"  # permerror: the key record or key cannot be used
+    KEY_REVOKED = "key_revoked"  # permerror: empty p=
+    INAPPROPRIATE_KEY = "inappropriate_key"  # permerror: s=, h=, k= or size do not allow it
+    BODY_HASH = "body_hash"  # fail: body hash did not verify
+    BAD_SIGNATURE = "bad_signature"  # fail: signature did not verify
+    KEY_UNAVAILABLE = "key_unavailable"  # temperror: the key lookup failed temporarily
+    TIME_BUDGET = "time_budget"  # temperror: key lookups ran out of their time
+    INTERNAL_ERROR = "internal_error"  # temperror: a bug in dkimpy or in us
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DmarcCause(enum.Enum):
+    """Why DMARC (RFC 9989) gave its result, for one Author Domain or the whole message."""
+
+    NO_FROM_FIELD = "no_from_field"  # permerror: the message has no From field
+    NO_FROM_ADDRESS = "no_from_address"  # permerror: its From fields name no address
+    NO_FROM_DOMAIN = "no_from_domain"  # permerror: no From address has a usable domain
+    TOO_MANY_DOMAINS = "too_many_domains"  # fail: more Author Domains than are evaluated (§11.5)
+    NO_RECORD = "no_record"  # none: no DMARC record for the domain
+    RECORD_NOT_APPLIED = "record_not_applied"  # none: a record found, but not applicable
+    DNS_ERROR = "dns_error"  # temperror: policy discovery failed temporarily
+    OUTCOME_OPEN = "outcome_open"  # temperror: an identifier or its alignment might still pass
+    EXISTENCE_UNKNOWN = "existence_unknown"  # temperror: np or sp unknown (§3.2.13)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class SpfResult:
     """SPF for one identity (RFC 7208): ``mailfrom`` or ``helo``."""
@@ -53,6 +116,7 @@ class SpfResult:
     identity: str  # "mailfrom" or "helo"
     domain: str | None  # the domain checked; None when there was none to check
     reason: str = ""  # our own words, or pyspf's explanation; rendered escaped or dropped
+    cause: SpfCause | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +133,7 @@ class DkimResult:
     covers_body: bool = True
     # The first bytes of b=, for RFC 6008 header.b in the A-R header.
     b_prefix: str | None = None
+    cause: DkimCause | None = None
 
     @property
     def counts(self) -> bool:
@@ -92,6 +157,7 @@ class DmarcDomainResult:
     spf_aligned: bool = False
     dkim_aligned: bool = False
     reason: str = ""
+    cause: DmarcCause | None = None
 
 
 @dataclass(frozen=True)
@@ -108,15 +174,23 @@ class DmarcResult:
     testing: bool = False
     per_domain: tuple[DmarcDomainResult, ...] = ()
     reason: str = ""
+    cause: DmarcCause | None = None  # the cause of the domain the result is reported for
 
 
 @dataclass(frozen=True)
 class AuthReport:
-    """Everything the checks found out about one message."""
+    """Everything the checks found out about one message.
+
+    ``dkim`` and ``dmarc`` are None when that check was not evaluated at all, which is not its
+    ``none`` (no signature; no DMARC record): a front end that sees only the envelope (a Postfix
+    policy service at RCPT time has no header) cannot evaluate them. The A-R field then omits
+    the method, ``check --json`` shows null, and decide() draws no conclusion from an absent
+    DMARC policy (rule 4).
+    """
 
     spf: SpfResult
-    dkim: tuple[DkimResult, ...]
-    dmarc: DmarcResult
+    dkim: tuple[DkimResult, ...] | None  # None: not evaluated; () no signature
+    dmarc: DmarcResult | None  # None: not evaluated
     # SPF for the HELO identity, checked when the reverse-path is null (RFC 7208 §2.3).
     spf_helo: SpfResult | None = None
     # A reverse-path domain shares its organizational domain with the d= of a counting DKIM

@@ -317,6 +317,7 @@ def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     from scatterguard import config as config_mod
     from scatterguard import journal, pipeline
     from scatterguard.checks.resolver import Resolver
+    from scatterguard.core import explain
     from scatterguard.core.message import Message
     from scatterguard.frontends import intake, request
 
@@ -334,97 +335,15 @@ def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
     evaluation = pipeline.evaluate(message, envelope, config, resolver, time.time())
     pipeline.log_line(logger, message, envelope, evaluation, pipeline.Outcome(EX_OK), started)
-    document = explain(evaluation)
+    document = explain.document(evaluation.report, evaluation.decision, evaluation.rendered)
     if args.json:
         import json
 
         json.dump(document, out, indent=2)
         out.write("\n")
     else:
-        out.write(human(document))
+        out.write(explain.text(document))
     return EX_OK
-
-
-def explain(evaluation: Any) -> dict[str, Any]:
-    """The JSON object of ``check --json`` (DESIGN.md §Contract)."""
-    report = evaluation.report
-    decision = evaluation.decision
-    spf = report.spf
-    dmarc = report.dmarc
-    document: dict[str, Any] = {
-        "action": decision.action.value,
-        "reverse_path_verified": decision.reverse_path_verified,
-        "reasons": list(decision.reasons),
-        "spf": {
-            "result": spf.result.value,
-            "domain": spf.domain,
-            "identity": spf.identity,
-            "reason": spf.reason,
-        },
-        "dkim": [
-            {
-                "domain": sig.domain,
-                "selector": sig.selector,
-                "algorithm": sig.algorithm,
-                "result": sig.result.value,
-                "covers_body": sig.covers_body,
-                "reason": sig.reason,
-            }
-            for sig in report.dkim
-        ],
-        "dmarc": {
-            "result": dmarc.result.value,
-            "domain": dmarc.domain,
-            "policy": dmarc.policy.value if dmarc.policy else None,
-            "testing": dmarc.testing,
-            "reason": dmarc.reason,
-            "domains": [
-                {
-                    "domain": item.domain,
-                    "result": item.result.value,
-                    "policy": item.policy.value if item.policy else None,
-                    "organizational_domain": item.organizational_domain,
-                    "spf_aligned": item.spf_aligned,
-                    "dkim_aligned": item.dkim_aligned,
-                }
-                for item in dmarc.per_domain
-            ],
-        },
-        "authentication_results": evaluation.rendered.value,
-    }
-    if decision.status:
-        document["status"] = decision.status
-    return document
-
-
-def human(document: dict[str, Any]) -> str:
-    """A readable summary of a ``check`` result, for a person at a terminal."""
-    from scatterguard.core.terminal import printable
-
-    lines = [f"action:   {document['action']}"]
-    if document.get("status"):
-        lines.append(f"status:   {document['status']}")
-    lines.append(f"verified: {'yes' if document['reverse_path_verified'] else 'no'} (reverse-path)")
-    spf = document["spf"]
-    lines.append(f"SPF:      {spf['result']} ({spf['identity']} {spf['domain'] or '-'})")
-    for sig in document["dkim"] or [None]:
-        if sig is None:
-            lines.append("DKIM:     none (no signature)")
-        else:
-            extra = "" if sig["covers_body"] else ", l= leaves body unsigned"
-            lines.append(
-                f"DKIM:     {sig['result']} (d={sig['domain']} s={sig['selector']}"
-                f" a={sig['algorithm']}{extra})"
-            )
-    dmarc = document["dmarc"]
-    lines.append(
-        f"DMARC:    {dmarc['result']} (From {dmarc['domain'] or '-'}, policy "
-        f"{dmarc['policy'] or 'none published'}{', t=y' if dmarc['testing'] else ''})"
-    )
-    lines.append("reasons:")
-    lines.extend(f"  - {reason}" for reason in document["reasons"])
-    lines.append(f"Authentication-Results: {document['authentication_results']}")
-    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _serve_main(args: argparse.Namespace) -> int:
