@@ -28,7 +28,8 @@ from scatterguard.checks.resolver import Answer, Resolver
 from scatterguard.config import Config, QuarantineConfig
 from scatterguard.core.envelope import from_values
 from scatterguard.core.message import Payload
-from scatterguard.pipeline import Outcome, run_filter
+from scatterguard.frontends.pipe import Outcome, answer
+from scatterguard.pipeline import run_filter
 
 ZONE = """
 sender.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
@@ -396,7 +397,7 @@ def _in_process(resolver: Resolver, data: bytes, tmp: Path) -> tuple[Outcome, _R
     env = from_values(
         "alice@sender.example", ["bob@rcpt.example"], {"client_address": "192.0.2.5"}, {}
     )
-    outcome = run_filter(
+    done = run_filter(
         data,
         env,
         config,
@@ -405,7 +406,7 @@ def _in_process(resolver: Resolver, data: bytes, tmp: Path) -> tuple[Outcome, _R
         resolver=resolver,
         logger=_Quiet(),
     )
-    return outcome, recorder
+    return answer(done), recorder
 
 
 header_line = st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))

@@ -44,7 +44,7 @@ from scatterguard.config import (
 from scatterguard.core.envelope import from_values
 from scatterguard.core.message import Message, Payload, Spooled
 from scatterguard.errors import InputError, QuarantineError, ReinjectError, SpoolError
-from scatterguard.frontends import cli, intake
+from scatterguard.frontends import cli, intake, pipe
 from signing import Signer, sample_message
 
 AUTHSERV = "mx.rcpt.example"
@@ -457,11 +457,12 @@ class Setup:
         self.resolver = Resolver(self.config.dns.nameservers, 0.5)
         self.log = Log()
 
-    def run(self, argv: list[str], stdin: bytes) -> pipeline.Outcome:
+    def run(self, argv: list[str], stdin: bytes) -> pipe.Outcome:
         args = cli.build_parser().parse_args(["filter", *argv])
-        return pipeline.filter_stream(
+        done = pipeline.filter_stream(
             args, {}, io.BytesIO(stdin), self.config, resolver=self.resolver, logger=self.log
         )
+        return pipe.answer(done)
 
     def entries(self) -> list[Path]:
         return [p for p in self.quarantine.iterdir() if p.is_file()]

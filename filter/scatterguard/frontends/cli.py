@@ -182,10 +182,11 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
     state["config"] = config
     from scatterguard import journal, pipeline
     from scatterguard.checks.resolver import Resolver
+    from scatterguard.frontends import pipe
 
     logger = state["logger"] = journal.setup(config.log)
     with pipeline.deadline(config.timeout):
-        outcome = pipeline.filter_stream(
+        done = pipeline.filter_stream(
             args,
             os.environ,
             sys.stdin.buffer,
@@ -193,6 +194,7 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
             resolver=Resolver(config.dns.nameservers, config.dns.timeout),
             logger=logger,
         )
+    outcome = pipe.answer(done)
     return outcome.code, outcome.status
 
 
@@ -369,7 +371,7 @@ def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     )
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
     evaluation = pipeline.evaluate(message, envelope, config, resolver, time.time())
-    pipeline.log_line(logger, message, envelope, evaluation, pipeline.Outcome(EX_OK), started)
+    pipeline.log_line(logger, message, envelope, evaluation, None, started)
     document = explain(evaluation)
     if args.json:
         import json

@@ -49,6 +49,7 @@ WARM_MODULES = (
     "structlog",
     "scatterguard.checks.report",
     "scatterguard.pipeline",
+    "scatterguard.frontends.pipe",
     "scatterguard.actions.quarantine.directory",
     "scatterguard.actions.reinject",
 )
@@ -273,7 +274,7 @@ def _filter(
     import io
 
     from scatterguard import pipeline
-    from scatterguard.frontends import cli
+    from scatterguard.frontends import cli, pipe
 
     def confirm() -> None:
         handover.confirm(conn, request.deadline)
@@ -295,7 +296,7 @@ def _filter(
         if args.command != "filter":
             raise handover.HandoverError(f"not a filter request: {args.command}")
         with pipeline.deadline(left):
-            outcome = pipeline.filter_stream(
+            done = pipeline.filter_stream(
                 args,
                 request.env,
                 stdin,
@@ -304,6 +305,7 @@ def _filter(
                 logger=logger,
                 confirm=confirm,
             )
+        outcome = pipe.answer(done)
         return outcome.code, outcome.status
     except Exception as exc:  # noqa: BLE001 - a bad request defers one message, not the worker
         logger.info("message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc))
