@@ -33,7 +33,6 @@ from scatterguard.actions.delivery import DeliveryRecord
 from scatterguard.actions.quarantine.directory import Metadata, Store, entry_id
 from scatterguard.actions.reinject import CommandReinjector
 from scatterguard.actions.spool import Spool, SpoolFile
-from scatterguard.checks.resolver import Resolver
 from scatterguard.config import (
     Config,
     DkimConfig,
@@ -45,6 +44,7 @@ from scatterguard.core.envelope import from_values
 from scatterguard.core.message import Message, Payload, Spooled
 from scatterguard.errors import InputError, QuarantineError, ReinjectError, SpoolError
 from scatterguard.frontends import cli, intake, pipe
+from scatterguard.services import Services
 from signing import Signer, sample_message
 
 AUTHSERV = "mx.rcpt.example"
@@ -454,13 +454,14 @@ class Setup:
             reinject=ReinjectConfig(tuple(self.sendmail.command())),
             quarantine=QuarantineConfig(self.quarantine),
         )
-        self.resolver = Resolver(self.config.dns.nameservers, 0.5)
         self.log = Log()
+        # Built once, as each process does, and used for every message of the test.
+        self.services = Services.from_config(self.config, logger=self.log)
 
     def run(self, argv: list[str], stdin: bytes) -> pipe.Outcome:
         args = cli.build_parser().parse_args(["filter", *argv])
         done = pipeline.filter_stream(
-            args, {}, io.BytesIO(stdin), self.config, resolver=self.resolver, logger=self.log
+            args, {}, io.BytesIO(stdin), self.config, services=self.services
         )
         return pipe.answer(done)
 

@@ -7,7 +7,9 @@ unwritable quarantine, a crash in our code, the deadline — is a deferral.
 
 What was done comes back as a :class:`Done` value, in no protocol's words: the front end answers
 it in its own (the pipe filter with exit 0/69/75 and one status line,
-:mod:`scatterguard.frontends.pipe`; at SMTP time 250/451/550).
+:mod:`scatterguard.frontends.pipe`; at SMTP time 250/451/550). The collaborators (resolver,
+re-injector, quarantine store, delivery record, spool, logger, clock) are built once per process
+by :mod:`scatterguard.services` and passed in.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from scatterguard.actions.delivery import DeliveryRecord
@@ -58,6 +61,26 @@ class QuarantineStore(Protocol):
         decision: Decision,
         authentication_results: str,
     ) -> str: ...
+
+
+class Collaborators(Protocol):
+    """What filtering needs besides the configuration, built once per process
+    (:class:`scatterguard.services.Services`)."""
+
+    @property
+    def resolver(self) -> Resolver: ...
+    @property
+    def reinjector(self) -> Reinjector: ...
+    @property
+    def quarantine(self) -> QuarantineStore: ...
+    @property
+    def delivered(self) -> DeliveryRecord | None: ...
+    @property
+    def spool(self) -> Callable[[], Path] | None: ...
+    @property
+    def logger(self) -> Logger: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
 
 
 ALREADY = "already re-injected"
@@ -295,31 +318,28 @@ def filter_stream(
     stdin: BinaryIO,
     config: Config,
     *,
-    resolver: Resolver,
-    logger: Logger,
+    services: Collaborators,
     confirm: Callable[[], None] | None = None,
 ) -> Done:
     """Read one message as the MTA hands it over (argv or BSMTP) and filter it; never raises.
 
     The in-process filter and the resident server's workers both come through here, so they run
-    exactly the same code.
+    exactly the same code, with collaborators built once per process (``services``).
     """
     from scatterguard.actions import spool
-    from scatterguard.actions.quarantine.directory import Store
-    from scatterguard.actions.reinject import CommandReinjector
     from scatterguard.frontends import intake
 
     started = time.monotonic()
-    store = Store(config.quarantine.directory)
+    logger = services.logger
     data: bytes | Spooled | None = None
     try:
         # A large message is spooled in the quarantine's tmp/ (see scatterguard.actions.spool).
         if args.bsmtp:
-            batch = intake.read_bsmtp(stdin, store.spool_directory)
+            batch = intake.read_bsmtp(stdin, services.spool)
             data = batch.data
             sender, recipients = batch.sender, [*batch.recipients, *args.recipients]
         else:
-            data = intake.read_message(stdin, store.spool_directory)
+            data = intake.read_message(stdin, services.spool)
             sender, recipients = args.sender, args.recipients
         envelope = from_values(sender, recipients, vars(args), environ)
     except ScatterguardError as exc:
@@ -335,11 +355,12 @@ def filter_stream(
             data,
             envelope,
             config,
-            reinjector=CommandReinjector(config.reinject.command, config.reinject.timeout),
-            quarantine=store,
-            resolver=resolver,
+            reinjector=services.reinjector,
+            quarantine=services.quarantine,
+            resolver=services.resolver,
             logger=logger,
-            delivered=DeliveryRecord(config.quarantine.directory / "delivered"),
+            now=services.clock,
+            delivered=services.delivered,
             confirm=confirm,
         )
     finally:

@@ -181,19 +181,13 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
         raise
     state["config"] = config
     from scatterguard import journal, pipeline
-    from scatterguard.checks.resolver import Resolver
     from scatterguard.frontends import pipe
+    from scatterguard.services import Services
 
     logger = state["logger"] = journal.setup(config.log)
     with pipeline.deadline(config.timeout):
-        done = pipeline.filter_stream(
-            args,
-            os.environ,
-            sys.stdin.buffer,
-            config,
-            resolver=Resolver(config.dns.nameservers, config.dns.timeout),
-            logger=logger,
-        )
+        services = Services.from_config(config, logger=logger)
+        done = pipeline.filter_stream(args, os.environ, sys.stdin.buffer, config, services=services)
     outcome = pipe.answer(done)
     return outcome.code, outcome.status
 

@@ -26,12 +26,15 @@ import socket
 import stat
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from scatterguard import trust
 from scatterguard.config import Config
 from scatterguard.errors import EX_TEMPFAIL, TEMPFAIL_STATUS, ConfigError
 from scatterguard.frontends import handover
+
+if TYPE_CHECKING:
+    from scatterguard.services import Services
 
 REFUSED_STATUS = "4.7.0 Mail filter refused the hand-over, try again later"
 ACCEPT_POLL = 1.0
@@ -49,7 +52,9 @@ WARM_MODULES = (
     "structlog",
     "scatterguard.checks.report",
     "scatterguard.pipeline",
+    "scatterguard.services",
     "scatterguard.frontends.pipe",
+    "scatterguard.frontends.intake",
     "scatterguard.actions.quarantine.directory",
     "scatterguard.actions.reinject",
 )
@@ -177,8 +182,7 @@ def _spawn(sock: socket.socket, config: Config, uids: frozenset[int]) -> tuple[i
 
 def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
     """Accept and handle connections one at a time until told to stop."""
-    from scatterguard import journal
-    from scatterguard.checks.resolver import Resolver
+    from scatterguard.services import Services
 
     stopping = False
 
@@ -188,9 +192,9 @@ def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logger = journal.setup(config.log)
-    # One resolver per worker for its whole life: its cache (with TTLs) serves every message.
-    resolver = Resolver(config.dns.nameservers, config.dns.timeout)
+    # The collaborators, once per worker for its whole life: the resolver's cache (with TTLs)
+    # serves every message, and no message pays for building a store or a re-injector.
+    services = Services.from_config(config)
     sock.settimeout(ACCEPT_POLL)
     while not stopping:
         try:
@@ -199,12 +203,10 @@ def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
             continue
         with conn:
             conn.settimeout(None)
-            handle(conn, config, uids, resolver, logger)
+            handle(conn, config, uids, services)
 
 
-def handle(
-    conn: socket.socket, config: Config, uids: frozenset[int], resolver: Any, logger: Any
-) -> None:
+def handle(conn: socket.socket, config: Config, uids: frozenset[int], services: Services) -> None:
     """Serve one request: check the peer, read the request, filter, confirm, act, answer.
 
     The peer's credentials are checked before anything is read, so a peer that may not hand
@@ -215,6 +217,7 @@ def handle(
     """
     from scatterguard import pipeline
 
+    logger = services.logger
     try:
         pid, uid = handover.peer(conn)
     except OSError as exc:
@@ -254,7 +257,7 @@ def handle(
             # message may be incomplete, and nobody waits for the outcome.
             logger.info("handover", action="dropped", uid=uid, pid=pid, left=round(left, 3))
             return
-        code, status = _filter(conn, request, stdin, config, resolver, logger, left, own_deadline)
+        code, status = _filter(conn, request, stdin, config, services, left, own_deadline)
     with contextlib.suppress(OSError):
         conn.settimeout(max(0.001, own_deadline - time.monotonic()))
         handover.answer(conn, code, status)
@@ -265,8 +268,7 @@ def _filter(
     request: handover.Request,
     stdin: BinaryIO,
     config: Config,
-    resolver: Any,
-    logger: Any,
+    services: Services,
     left: float,
     own_deadline: float,
 ) -> tuple[int, str | None]:
@@ -297,16 +299,12 @@ def _filter(
             raise handover.HandoverError(f"not a filter request: {args.command}")
         with pipeline.deadline(left):
             done = pipeline.filter_stream(
-                args,
-                request.env,
-                stdin,
-                config,
-                resolver=resolver,
-                logger=logger,
-                confirm=confirm,
+                args, request.env, stdin, config, services=services, confirm=confirm
             )
         outcome = pipe.answer(done)
         return outcome.code, outcome.status
     except Exception as exc:  # noqa: BLE001 - a bad request defers one message, not the worker
-        logger.info("message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc))
+        services.logger.info(
+            "message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc)
+        )
         return EX_TEMPFAIL, TEMPFAIL_STATUS
