@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dnsserver import DnsServer
-from scatterguard import pipeline
-from scatterguard.config import Config, DnsConfig, QuarantineConfig, ReinjectConfig
+from scatterguard import pipeline, services
+from scatterguard.config import Config, DnsConfig, QuarantineConfig, ReinjectConfig, StateConfig
 from scatterguard.core.envelope import Envelope
 from scatterguard.core.message import Payload, Spooled
 from scatterguard.core.verdict import Decision
@@ -35,28 +35,37 @@ class Log:
     error = info
 
 
-def _config(tmp: Path, dns: DnsServer | None = None) -> Config:
+def _config(tmp: Path, dns: DnsServer | None = None, state: Path | None = None) -> Config:
     return Config(
         authserv_id=AUTHSERV,
         dns=DnsConfig(((dns.host, dns.port),) if dns else (("127.0.0.1", 9),), 0.5),
         reinject=ReinjectConfig(("/bin/false", "-f", "{sender}", "--", "{recipients}")),
         quarantine=QuarantineConfig(tmp / "shared" / "quarantine"),
+        state=StateConfig(tmp / "local" / "state" if state is None else state),
     )
 
 
 def test_collaborators_are_where_the_configuration_says(tmp_path: Path) -> None:
-    """The collaborators are built from the configuration; building them creates nothing on
-    disk."""
+    """The spool and the delivery record are in the state directory, the record 0.1.0 kept in
+    the quarantine is read as the earlier one; building them creates nothing on disk."""
     config = _config(tmp_path)
     log = Log()
     built = Services.from_config(config, logger=log)
-    quarantine = config.quarantine.directory
-    assert built.delivered.directory == quarantine / "delivered"
+    state, quarantine = config.state.directory, config.quarantine.directory
+    assert built.spool.path == state / "spool"
+    assert built.delivered.directory == state / "delivered"
+    assert built.delivered.legacy == quarantine / "delivered"
     assert built.quarantine.directory == quarantine
     assert built.reinjector.command == config.reinject.command
     assert built.resolver.nameservers == (("127.0.0.1", 9),)
     assert built.logger is log
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_directory_for_both_is_read_once(tmp_path: Path) -> None:
+    """A state directory that is the quarantine directory has no earlier record to read."""
+    config = _config(tmp_path, state=tmp_path / "shared" / "quarantine")
+    assert services.delivery_record(config).legacy is None
 
 
 class _Recorder:
@@ -118,5 +127,6 @@ def test_filter_stream_uses_the_collaborators_it_is_given(
     assert [envelope.sender_text for envelope in kept.added] == ["ceo@reject.example"]
     # The second message from the same sender needed no new lookup; the forged one did.
     assert 0 < lookups[0] == lookups[1] < lookups[2]
-    # Each delivery was claimed in the one delivery record.
-    assert (config.quarantine.directory / "delivered" / "pending").is_dir()
+    # Each delivery was claimed in the one delivery record, in the state directory.
+    assert (config.state.directory / "delivered" / "pending").is_dir()
+    assert not config.quarantine.directory.exists()

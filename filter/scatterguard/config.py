@@ -61,6 +61,18 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """Where this host keeps its own state: the spool and the delivery record.
+
+    Host-local by design (DESIGN.md §State): a quarantine may be shared by several MX hosts, but
+    a message being filtered and the record of what this host re-injected belong to this host
+    alone. :mod:`scatterguard.services` sets out what lies inside it.
+    """
+
+    directory: Path = Path("/var/lib/scatterguard")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Where the one line per message goes: syslog (mail facility) or stderr.
 
@@ -106,6 +118,7 @@ class Config:
     dkim: DkimConfig = DkimConfig()
     reinject: ReinjectConfig = ReinjectConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    state: StateConfig = StateConfig()
     log: LogConfig = LogConfig()
     server: ServerConfig = ServerConfig()
     source: str = "built-in defaults"
@@ -167,6 +180,7 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
         dkim=table.section("dkim", _dkim),
         reinject=table.section("reinject", _reinject),
         quarantine=table.section("quarantine", _quarantine),
+        state=table.section("state", _state),
         log=table.section("log", _log),
         server=table.section("server", _server),
         source=source,
@@ -234,6 +248,10 @@ def _quarantine(table: _Table) -> QuarantineConfig:
         directory=table.get("directory", _absolute_path, QuarantineConfig.directory),
         purge_after_days=table.get("purge_after_days", _count, QuarantineConfig.purge_after_days),
     )
+
+
+def _state(table: _Table) -> StateConfig:
+    return StateConfig(directory=table.get("directory", _absolute_path, StateConfig.directory))
 
 
 def _log(table: _Table) -> LogConfig:

@@ -333,7 +333,7 @@ def filter_stream(
     logger = services.logger
     data: bytes | Spooled | None = None
     try:
-        # A large message is spooled in the quarantine's tmp/ (see scatterguard.actions.spool).
+        # A large message is spooled in the state directory (see scatterguard.actions.spool).
         if args.bsmtp:
             batch = intake.read_bsmtp(stdin, services.spool)
             data = batch.data

@@ -5,10 +5,21 @@ process filters), the re-injector, the quarantine store, the delivery record, th
 directory, the logger and the clock. The in-process filter builds them once for its one message;
 each of the resident server's workers builds them once for its whole life. Building them opens
 no store: the quarantine, the delivery record and the spool each open (and create) their
-directories only when a message needs them.
+directories only when a message needs them, so a message that is only delivered writes
+nothing in the quarantine's (it only looks there, read-only, for the record 0.1.0 kept).
 
-This module also knows where things live: the spool is the quarantine's ``tmp/`` and the
-delivery record its ``delivered/``.
+This module also knows where things live. The quarantine is ``quarantine.directory``, which may
+be shared by several hosts. What belongs to this host alone is in ``state.directory``
+(DESIGN.md §State)::
+
+    <state.directory>/spool/       anonymous spool files of large messages in flight (no names)
+    <state.directory>/delivered/   the delivery record: hourly marker directories and pending/
+                                   (scatterguard.actions.delivery)
+
+Version 0.1.0 kept both inside the quarantine directory (``tmp/`` and ``delivered/``); its
+delivery record is still read there, never written (:class:`~scatterguard.actions.delivery.
+DeliveryRecord`'s ``legacy``), so a retry after an upgrade of a message re-injected before it is
+not re-injected again.
 """
 
 from __future__ import annotations
@@ -22,10 +33,13 @@ from scatterguard import journal
 from scatterguard.actions.delivery import DeliveryRecord
 from scatterguard.actions.quarantine.directory import Store
 from scatterguard.actions.reinject import CommandReinjector
+from scatterguard.actions.spool import SpoolDirectory
 from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config
 from scatterguard.journal import Logger
 
+# The names inside the state directory (and, for the record, where 0.1.0 kept it).
+SPOOL = "spool"
 DELIVERED = "delivered"
 
 
@@ -37,7 +51,7 @@ class Services:
     reinjector: CommandReinjector
     quarantine: Store
     delivered: DeliveryRecord
-    spool: Callable[[], Path]
+    spool: SpoolDirectory
     logger: Logger
     clock: Callable[[], float] = time.time
 
@@ -50,14 +64,12 @@ class Services:
         clock: Callable[[], float] = time.time,
     ) -> Services:
         """Build every collaborator once; ``logger`` when the caller has set one up already."""
-        store = quarantine_store(config)
         return cls(
             resolver=Resolver(config.dns.nameservers, config.dns.timeout),
             reinjector=reinjector(config),
-            quarantine=store,
+            quarantine=quarantine_store(config),
             delivered=delivery_record(config, clock),
-            # Large messages are spooled in the quarantine's tmp/ (scatterguard.actions.spool).
-            spool=store.spool_directory,
+            spool=SpoolDirectory(spool_directory(config)),
             logger=journal.setup(config.log) if logger is None else logger,
             clock=clock,
         )
@@ -73,6 +85,15 @@ def quarantine_store(config: Config) -> Store:
     return Store(config.quarantine.directory)
 
 
+def spool_directory(config: Config) -> Path:
+    """Where large messages are spooled: host-local, in the state directory."""
+    return config.state.directory / SPOOL
+
+
 def delivery_record(config: Config, clock: Callable[[], float] = time.time) -> DeliveryRecord:
-    """The record of re-injected messages, in the quarantine directory."""
-    return DeliveryRecord(config.quarantine.directory / DELIVERED, clock)
+    """This host's delivery record, which also reads the one 0.1.0 kept in the quarantine."""
+    return DeliveryRecord(
+        config.state.directory / DELIVERED,
+        clock,
+        legacy=config.quarantine.directory / DELIVERED,
+    )

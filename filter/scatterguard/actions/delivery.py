@@ -22,16 +22,21 @@ delivery is recorded.
 
 A marker's name is a digest of the queue id, the envelope and the message bytes: the same
 delivery attempt of the same queue file, never a different message (a message without a queue id
-is never recorded). Markers live in hourly directories under ``<quarantine.directory>/delivered``
-and are dropped after ``KEEP_HOURS``, well past any retry of a message the MTA still holds for a
+is never recorded). Markers live in hourly directories under ``<state.directory>/delivered`` and
+are dropped after ``KEEP_HOURS``, well past any retry of a message the MTA still holds for a
 killed filter (those retries come within minutes). Markers are not fsynced: they guard against a
 killed process, whose writes the kernel keeps, not against a power failure.
 
-A record may be given the directory where an earlier version kept it (``legacy``). That earlier
-record is read, never written: a retry after an upgrade of a message re-injected before it still
-finds its claim file or marker there, and a re-injection process the old version left running
-is waited for. It empties itself, since nothing new is written there and ``quarantine purge``
-prunes it (:func:`prune_store`); after ``KEEP_HOURS`` it holds nothing that could matter.
+The record is host-local: it says what *this* host handed back to *its* MTA, so it lives in the
+state directory, never beside a quarantine that several hosts may share. Version 0.1.0 kept it
+in ``<quarantine.directory>/delivered``. That earlier record is read, never written
+(``legacy``): a retry after an upgrade of a message re-injected before it still finds its
+claim file or marker there, and a re-injection process the old version left running is waited
+for. It empties itself, since nothing new is written there and ``quarantine purge`` prunes it
+(:func:`prune_store`); after ``KEEP_HOURS`` it holds nothing that could matter. Reading it in
+place was chosen over moving it at start-up: the filter has no start-up of its own (one process
+per message), a move across file systems is not atomic while old and new filters may run side
+by side during the upgrade, and a marker is worth keeping only for two days anyway.
 """
 
 from __future__ import annotations

@@ -496,7 +496,15 @@ def _quarantine_main(args: argparse.Namespace, out: TextIO) -> int:
     if args.q_command == "delete":
         return quarantine.delete(store, args.id, out, err)
     days = args.older_than if args.older_than is not None else config.quarantine.purge_after_days
-    return quarantine.purge(store, days, out, err=err)
+    code = quarantine.purge(store, days, out, err=err)
+    # The delivery record in the state directory keeps its own age (KEEP_HOURS); the purge above
+    # prunes the one 0.1.0 kept in the quarantine directory.
+    from scatterguard import services
+
+    refused = services.delivery_record(config).prune()
+    for problem in refused:
+        err.write(_printable(f"purge: {problem.removeprefix('quarantine: ')}") + "\n")
+    return 1 if refused else code
 
 
 if __name__ == "__main__":
