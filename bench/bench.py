@@ -210,6 +210,9 @@ def write_config(
         "command = " + json.dumps(list(reinject)),
         "[quarantine]",
         f'directory = "{WORK / "quarantine"}"',
+        # The spool and the delivery record, where the quarantine was: the same tmpfs as before.
+        "[state]",
+        f'directory = "{WORK / "state"}"',
         "[log]",
         'target = "syslog"',
         f'socket = "{WORK / "log.sock"}"',
@@ -652,8 +655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     WORK.mkdir(parents=True, exist_ok=True)
     WORK.chmod(0o755)
-    (WORK / "quarantine").mkdir(exist_ok=True)
-    shutil.chown(WORK / "quarantine", FILTER_USER, FILTER_USER)
+    for owned in ("quarantine", "state"):
+        (WORK / owned).mkdir(exist_ok=True)
+        shutil.chown(WORK / owned, FILTER_USER, FILTER_USER)
     (WORK / "server").mkdir(exist_ok=True)
     shutil.chown(WORK / "server", FILTER_USER, FILTER_USER)
     interps = interpreters()
@@ -993,11 +997,13 @@ def section_b(
     if warning:
         problems.append(warning)
     # Sections a, c and d run the filter as root, which leaves root-owned subdirectories (the
-    # delivery record, the spool) in the quarantine: the filter user that Postfix runs would
-    # rightly defer every message it cannot record. Start (b) from a fresh directory it owns.
-    shutil.rmtree(WORK / "quarantine", ignore_errors=True)
-    (WORK / "quarantine").mkdir()
-    shutil.chown(WORK / "quarantine", FILTER_USER, FILTER_USER)
+    # delivery record, the spool) in the state directory: the filter user that Postfix runs
+    # would rightly defer every message it cannot record. Start (b) from fresh directories it
+    # owns.
+    for owned in ("quarantine", "state"):
+        shutil.rmtree(WORK / owned, ignore_errors=True)
+        (WORK / owned).mkdir()
+        shutil.chown(WORK / owned, FILTER_USER, FILTER_USER)
     log(f"(b) Postfix: {rounds} rounds of {count} messages")
     batches, notes = postfix_throughput(interp, dns_server, configs, count, rounds, amavis)
     problems.extend(notes)

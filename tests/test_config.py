@@ -20,6 +20,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert loaded.defer_max_age == 4 * 3600
     assert loaded.reinject.command[0] == "/usr/sbin/sendmail"
     assert loaded.dkim.max_message_size == 16 * 1024 * 1024
+    assert loaded.state.directory == Path("/var/lib/scatterguard")
     assert loaded.authserv_id
 
 
@@ -43,11 +44,14 @@ command = ["/usr/sbin/sendmail", "-G", "-i", "-f", "{sender}", "--", "{recipient
 [quarantine]
 backend = "directory"
 directory = "/var/lib/scatterguard/quarantine"
+[state]
+directory = "/var/lib/scatterguard"
 [log]
 target = "stderr"
 """
     )
     loaded = config.load(path)
+    assert loaded.state.directory == Path("/var/lib/scatterguard")
     assert loaded.authserv_id == "mx.example.net"
     assert loaded.trusted_networks[1] == ipaddress.ip_network("::1/128")
     assert loaded.timeout == 90
@@ -162,6 +166,9 @@ def test_stderr_log_target_is_refused_in_filter_mode_only() -> None:
         pytest.param(
             '[quarantine]\nbackend = "postgresql"', "quarantine.backend", id="unknown-backend"
         ),
+        pytest.param('[state]\ndirectory = "state"', "state.directory", id="relative-state"),
+        pytest.param("[state]\ndirectory = 1", "state.directory", id="state-not-a-string"),
+        pytest.param('[state]\nspool = "/tmp"', "state.spool", id="unknown-state-key"),
         pytest.param('[log]\ntarget = "file"', "log.target", id="log-target"),
         pytest.param('authserv_id = "a b"', "authserv_id", id="authserv-id-space"),
         pytest.param("[dkim]\nmax_signatures = 0", "dkim.max_signatures", id="max-signatures"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import time
@@ -194,3 +195,123 @@ def test_claim_file_is_written_whole_when_the_kernel_takes_it_piecemeal(
     finally:
         os.close(fd)
     assert caught.value.errno == errno.ENOSPC
+
+
+# ---- the record 0.1.0 kept in the quarantine directory (issue 13, item 6) ---------------------
+
+
+def _hour_name(moment: float) -> str:
+    return time.strftime("%Y%m%d%H", time.gmtime(moment))
+
+
+def _tree(root: Path) -> list[tuple[str, int, bytes]]:
+    """Every path under ``root`` with its mtime and, for files, its bytes."""
+    return sorted(
+        (str(p), p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+        for p in root.rglob("*")
+    )
+
+
+@pytest.fixture
+def upgraded(tmp_path: Path) -> tuple[DeliveryRecord, Path]:
+    """A record in the state directory that also reads the one in the quarantine directory."""
+    old = tmp_path / "quarantine" / "delivered"
+    old.mkdir(parents=True)
+    record = DeliveryRecord(tmp_path / "state" / "delivered", clock=lambda: NOW, legacy=old)
+    return record, old
+
+
+NOW = 1_800_000_000.0
+
+
+def test_an_old_marker_is_found_and_left_alone(upgraded: tuple[DeliveryRecord, Path]) -> None:
+    """A marker 0.1.0 wrote (an empty file named after the key in its hour's directory) is seen
+    for KEEP_HOURS, and the claim is done; the old record is not written to."""
+    record, old = upgraded
+    (old / _hour_name(NOW - 3600)).mkdir()
+    (old / _hour_name(NOW - 3600) / "k1").touch()
+    before = _tree(old)
+    assert record.seen("k1")
+    assert not record.seen("k2")
+    with record.claim("k1") as claim:
+        assert claim.done
+    with record.claim("k2") as claim:
+        assert not claim.done
+    assert _tree(old) == before
+    assert not (record.directory / _hour_name(NOW)).exists()
+
+
+def test_an_old_claim_file_is_a_record(upgraded: tuple[DeliveryRecord, Path]) -> None:
+    """0.1.0's claim file holding ``delivered`` (its marker could not be written) makes the new
+    claim done; one that says ``attempt`` does not."""
+    record, old = upgraded
+    (old / "pending").mkdir()
+    (old / "pending" / "k1").write_bytes(b"delivered\n")
+    (old / "pending" / "k2").write_bytes(b"attempt  \n")
+    before = _tree(old)
+    with record.claim("k1") as claim:
+        assert claim.done
+    with record.claim("k2") as claim:
+        assert not claim.done
+    assert _tree(old) == before
+
+
+def test_a_reinjection_left_running_by_the_old_version_is_waited_for(
+    upgraded: tuple[DeliveryRecord, Path],
+) -> None:
+    """A re-injection process 0.1.0 started before the upgrade holds its claim file's lock; the
+    new claim waits for it and then finds the delivery it recorded."""
+    record, old = upgraded
+    (old / "pending").mkdir()
+    lock = old / "pending" / "k1"
+    lock.write_bytes(b"attempt  \n")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the old re-injection process: holds the lock, then records the delivery
+        try:
+            fd = os.open(lock, os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(writer, b"x")
+            time.sleep(0.5)
+            os.pwrite(fd, b"delivered\n", 0)
+        finally:
+            os._exit(0)
+    os.read(reader, 1)
+    started = time.monotonic()
+    with record.claim("k1") as claim:
+        assert claim.done
+    assert time.monotonic() - started > 0.3
+    os.waitpid(pid, 0)
+
+
+def test_no_old_record_is_no_record(tmp_path: Path) -> None:
+    """Without a quarantine directory, or with a file in its place, nothing is found and the
+    claim works as before; the same directory given twice is not read twice."""
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    for legacy in (tmp_path / "none" / "delivered", blocker / "delivered"):
+        record = DeliveryRecord(tmp_path / "state" / "delivered", legacy=legacy)
+        assert not record.seen("k1")
+        with record.claim("k1") as claim:
+            assert not claim.done
+    same = DeliveryRecord(tmp_path / "q" / "delivered", legacy=tmp_path / "q" / "delivered")
+    assert same.legacy is None
+
+
+def test_prune_drops_old_markers_of_this_record(tmp_path: Path) -> None:
+    """prune() removes hour directories and lock files older than KEEP_HOURS from the record it
+    keeps; a missing record is nothing to do."""
+    directory = tmp_path / "state" / "delivered"
+    record = DeliveryRecord(directory, clock=lambda: NOW)
+    assert record.prune() == []
+    old_hour, new_hour = _hour_name(NOW - (KEEP_HOURS + 2) * 3600), _hour_name(NOW)
+    for hour in (old_hour, new_hour):
+        (directory / hour).mkdir(parents=True)
+        (directory / hour / "k").touch()
+    (directory / "pending").mkdir()
+    for name, age in (("stale", KEEP_HOURS + 1), ("fresh", 1)):
+        (directory / "pending" / name).touch()
+        os.utime(directory / "pending" / name, (NOW - age * 3600, NOW - age * 3600))
+    assert record.prune() == []
+    assert sorted(p.name for p in directory.iterdir()) == sorted([new_hour, "pending"])
+    assert [p.name for p in (directory / "pending").iterdir()] == ["fresh"]

@@ -23,12 +23,14 @@ from hypothesis import strategies as st
 from dates import RECEIVED_DATE
 from dnsserver import DnsServer
 from fakes import FakeSendmail
+from scatterguard.actions.delivery import DeliveryRecord
 from scatterguard.actions.quarantine.directory import Store
 from scatterguard.checks.resolver import Answer, Resolver
 from scatterguard.config import Config, QuarantineConfig
 from scatterguard.core.envelope import parse_envelope
 from scatterguard.core.message import Payload
-from scatterguard.pipeline import Outcome, run_filter
+from scatterguard.frontends.pipe import Outcome, answer
+from scatterguard.pipeline import run_filter
 
 ZONE = """
 sender.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
@@ -60,11 +62,13 @@ class Syslog:
 
 
 class Filter:
-    """One configured filter: config file, quarantine directory, fake sendmail, syslog."""
+    """One configured filter: config file, quarantine and state directories, fake sendmail,
+    syslog."""
 
     def __init__(self, tmp: Path, dns: DnsServer, **extra: str) -> None:
         self.sendmail = FakeSendmail(tmp / "sendmail")
         self.quarantine = tmp / "quarantine"
+        self.state = Path(extra.pop("state", tmp / "state"))
         self.syslog = Syslog(tmp / "log.sock")
         self.config = tmp / "scatterguard.toml"
         command = ", ".join(f'"{arg}"' for arg in self.sendmail.command())
@@ -79,6 +83,8 @@ class Filter:
             + f"timeout = {extra.pop('dns_timeout', '0.5')}\n"
             + f"[reinject]\ncommand = [{command}]\n"
             + f'[quarantine]\ndirectory = "{extra.pop("quarantine", self.quarantine)}"\n'
+            # Never the built-in /var/lib/scatterguard: the host's own state stays out of tests.
+            + f'[state]\ndirectory = "{self.state}"\n'
             + f'[log]\nsocket = "{self.syslog.path}"\n'
             # No hand-over unless a test starts a server: a real one on this host stays out.
             + f'[server]\nsocket = "{extra.pop("server_socket", "")}"\n'
@@ -266,20 +272,102 @@ def test_unwritable_quarantine_defers(tmp_path: Path, dns_server: DnsServer) -> 
     assert mta.sendmail.calls == []
 
 
-def test_unwritable_delivery_record_defers_deliveries_too(
+def test_unwritable_delivery_record_defers_deliveries(
     tmp_path: Path, dns_server: DnsServer
 ) -> None:
-    """A message to deliver is deferred too when its delivery cannot be recorded (the record
-    lives under the quarantine directory): unrecorded, a kill could deliver it twice."""
+    """A message to deliver is deferred when its delivery cannot be recorded (the record lives
+    in the state directory): unrecorded, a kill could deliver it twice."""
     dns_server.records.add_text(ZONE)
     blocker = tmp_path / "blocker"
     blocker.write_text("not a directory")
-    mta = Filter(tmp_path, dns_server, quarantine=str(blocker / "q"))
+    mta = Filter(tmp_path, dns_server, state=str(blocker / "state"))
     done = mta.run(envelope("alice@sender.example", "192.0.2.5"), message())
     assert done.returncode == 75
     assert done.stdout.startswith(b"4.")
     assert mta.sendmail.calls == []
     assert any("cannot record deliveries" in line for line in mta.syslog.lines())
+
+
+def test_unwritable_quarantine_does_not_hold_up_deliveries(
+    tmp_path: Path, dns_server: DnsServer
+) -> None:
+    """The quarantine out of reach defers only what is to be quarantined: a delivery is recorded
+    in the state directory, and its retry finds the record there (issue 13, item 6)."""
+    dns_server.records.add_text(ZONE)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    mta = Filter(tmp_path, dns_server, quarantine=str(blocker / "q"))
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4NoQuarantine")
+    assert mta.run(args, message()).returncode == 0
+    again = mta.run(args, message())
+    assert (again.returncode, again.stdout, again.stderr) == (0, b"", b"")
+    assert len(mta.sendmail.calls) == 1
+    assert any("already re-injected" in line for line in mta.syslog.lines())
+    assert (mta.state / "delivered").is_dir()
+    forged = mta.run(envelope("ceo@reject.example", "203.0.113.9"), message("ceo@reject.example"))
+    assert forged.returncode == 75
+    assert len(mta.sendmail.calls) == 1
+
+
+def test_quarantine_and_state_are_separate(mta: Filter) -> None:
+    """Configured apart, a delivery writes only in the state directory and a quarantined message
+    only in the quarantine: nothing host-local is left beside a quarantine that may be shared."""
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4Separate")
+    assert mta.run(args, message()).returncode == 0
+    assert not mta.quarantine.exists()
+    assert sorted(p.name for p in mta.state.iterdir()) == ["delivered"]
+    forged = envelope("ceo@reject.example", "203.0.113.9", queue_id="4Forged")
+    assert mta.run(forged, message("ceo@reject.example")).returncode == 0
+    [entry] = mta.entries()
+    assert sorted(p.name for p in mta.quarantine.iterdir()) == sorted(["tmp", entry.name])
+    assert sorted(p.name for p in mta.state.iterdir()) == ["delivered"]
+
+
+def _old_marker(mta: Filter, args: list[str], data: bytes, *, claim_file: bool = False) -> Path:
+    """The delivery record of ``args``/``data`` as version 0.1.0 left it, built by hand.
+
+    0.1.0 kept the record in ``<quarantine.directory>/delivered``: an empty marker file named
+    after the key in the directory of the hour (UTC) it was written, or, when that could not be
+    written, the claim file ``pending/<key>`` holding ``delivered``.
+    """
+    sender = args[args.index("-f") + 1]
+    recipients = args[args.index("--") + 1 :]
+    queue_id = next(a.partition("=")[2] for a in args if a.startswith("--queue-id="))
+    key = DeliveryRecord.key(parse_envelope(sender, recipients, queue_id=queue_id), data)
+    assert key is not None
+    old = mta.quarantine / "delivered"
+    if claim_file:
+        path = old / "pending" / key
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"delivered\n")
+    else:
+        path = old / time.strftime("%Y%m%d%H", time.gmtime()) / key
+        path.parent.mkdir(parents=True)
+        path.touch()
+    mta.quarantine.chmod(0o700)
+    return path
+
+
+@pytest.mark.parametrize("claim_file", [False, True], ids=["marker", "claim-file"])
+def test_retry_after_an_upgrade_finds_the_old_record(mta: Filter, claim_file: bool) -> None:
+    """A message 0.1.0 re-injected (its record in the quarantine directory) and retried after
+    the upgrade is not re-injected again; the old record is read, never written (issue 13,
+    item 6). Another message is delivered as usual and recorded in the state directory."""
+    args = envelope("alice@sender.example", "192.0.2.5", queue_id="4Upgraded")
+    old = _old_marker(mta, args, message(), claim_file=claim_file)
+    before = sorted((p, p.stat().st_mtime_ns) for p in mta.quarantine.rglob("*"))
+    retry = mta.run(args, message())
+    assert (retry.returncode, retry.stdout, retry.stderr) == (0, b"", b"")
+    assert mta.sendmail.calls == []
+    assert any("already re-injected" in line for line in mta.syslog.lines())
+    assert sorted((p, p.stat().st_mtime_ns) for p in mta.quarantine.rglob("*")) == before
+    assert old.exists()
+    other = envelope("alice@sender.example", "192.0.2.5", queue_id="4AfterUpgrade")
+    assert mta.run(other, message()).returncode == 0
+    assert len(mta.sendmail.calls) == 1
+    assert mta.run(other, message()).returncode == 0
+    assert len(mta.sendmail.calls) == 1
+    assert sorted((p, p.stat().st_mtime_ns) for p in mta.quarantine.rglob("*")) == before
 
 
 def test_deadline_defers(tmp_path: Path, dns_server: DnsServer) -> None:
@@ -394,7 +482,7 @@ def _in_process(resolver: Resolver, data: bytes, tmp: Path) -> tuple[Outcome, _R
     config = Config(authserv_id=AUTHSERV, quarantine=QuarantineConfig(directory=tmp / "q"))
     recorder = _Recorder()
     env = parse_envelope("alice@sender.example", ["bob@rcpt.example"], client_address="192.0.2.5")
-    outcome = run_filter(
+    done = run_filter(
         data,
         env,
         config,
@@ -403,7 +491,7 @@ def _in_process(resolver: Resolver, data: bytes, tmp: Path) -> tuple[Outcome, _R
         resolver=resolver,
         logger=_Quiet(),
     )
-    return outcome, recorder
+    return answer(done), recorder
 
 
 header_line = st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
@@ -904,19 +992,32 @@ def test_closed_or_broken_stdout_keeps_the_exit_code(
     assert len(mta.entries()) == (1 if case == "quarantine" else 0)
 
 
-@pytest.mark.parametrize("part", ["tmp", "delivered", "delivered/pending"])
+@pytest.mark.parametrize(
+    ("where", "part"),
+    [
+        pytest.param("quarantine", "tmp", id="quarantine-tmp"),
+        pytest.param("state", "delivered", id="delivered"),
+        pytest.param("state", "delivered/pending", id="delivered-pending"),
+        # Where 0.1.0 kept the record, which is still read after an upgrade.
+        pytest.param("quarantine", "delivered", id="old-delivered"),
+        pytest.param("quarantine", "delivered/pending", id="old-delivered-pending"),
+    ],
+)
 def test_linked_store_part_defers_and_writes_nothing_through_it(
-    mta: Filter, tmp_path: Path, part: str
+    mta: Filter, tmp_path: Path, where: str, part: str
 ) -> None:
     """A link planted in the store (issue 12, item 8): the filter defers, logs which part, and
     creates nothing in the link's target (no lock file, no entry, no spool file)."""
     victim = tmp_path / "victim"
     victim.mkdir()
-    (mta.quarantine / "delivered" / "pending").mkdir(parents=True)
+    for directory in (mta.quarantine, mta.state):
+        (directory / "delivered" / "pending").mkdir(parents=True)
+        directory.chmod(0o700)
     (mta.quarantine / "tmp").mkdir()
-    os.rename(mta.quarantine / part, tmp_path / "displaced")
-    (mta.quarantine / part).symlink_to(victim)
-    # A quarantined message needs tmp/, a delivery needs delivered/pending/.
+    root = mta.quarantine if where == "quarantine" else mta.state
+    os.rename(root / part, tmp_path / "displaced")
+    (root / part).symlink_to(victim)
+    # A quarantined message needs tmp/, a delivery needs delivered/pending/ (and reads the old).
     sender, client = (
         ("ceo@reject.example", "203.0.113.9")
         if part == "tmp"

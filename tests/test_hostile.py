@@ -39,7 +39,7 @@ from scatterguard.config import Config, DkimConfig, DnsConfig
 from scatterguard.core import envelope as envelope_mod
 from scatterguard.core.envelope import Envelope
 from scatterguard.core.message import MAX_HEADER_FIELDS, Message, Payload
-from scatterguard.frontends import intake
+from scatterguard.frontends import intake, pipe
 from signing import Signer
 from test_filter import Filter
 
@@ -301,7 +301,7 @@ SENDERS: dict[str, tuple[Envelope, frozenset[str]]] = {
 
 def _in_process(
     data: bytes, envelope: Envelope, resolver: Resolver, directory: Path
-) -> tuple[pipeline.Outcome, list[bytes], RecordingLog]:
+) -> tuple[pipe.Outcome, list[bytes], RecordingLog]:
     config = Config(
         authserv_id=hostile.AUTHSERV,
         trusted_networks=(*Config.trusted_networks, ipaddress.ip_network("10.0.0.0/8")),
@@ -316,7 +316,7 @@ def _in_process(
         assert list(recipients) == list(envelope.recipients)
         sent.append(bytes(message))
 
-    outcome = pipeline.run_filter(
+    done = pipeline.run_filter(
         data,
         envelope,
         config,
@@ -325,7 +325,7 @@ def _in_process(
         resolver=resolver,
         logger=log,
     )
-    return outcome, sent, log
+    return pipe.answer(done), sent, log
 
 
 # Known bugs, by test id: each is a strict xfail that says what goes wrong.

@@ -792,12 +792,14 @@ class Cli:
 
     def __init__(self, tmp: Path) -> None:
         self.store = Store(tmp / "quarantine", Clock())
+        self.state = tmp / "state"
         self.sendmail = FakeSendmail(tmp / "sendmail")
         self.config = tmp / "scatterguard.toml"
         command = ", ".join(json.dumps(arg) for arg in self.sendmail.command())
         self.config.write_text(
             f'authserv_id = "mx.rcpt.example"\n[reinject]\ncommand = [{command}]\n'
             f"[quarantine]\ndirectory = {json.dumps(str(self.store.directory))}\n"
+            f"[state]\ndirectory = {json.dumps(str(self.state))}\n"
         )
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -850,6 +852,52 @@ def test_cli_list_release_delete_purge(tmp_path: Path) -> None:
     purged = cli.run("purge", "--older-than", "1")
     assert (purged.returncode, purged.stdout) == (0, "purged 0 entries older than 1 days\n")
     assert cli.store.entries() == []
+
+
+def _record(directory: Path, old_hour: str, new_hour: str) -> None:
+    """A delivery record with a marker in an old and in this hour, and an old and a new lock."""
+    for hour in (old_hour, new_hour):
+        (directory / hour).mkdir(parents=True)
+        (directory / hour / ("0" * 40)).touch()
+    (directory / "pending").mkdir()
+    for name, stamp in (("stale", OLD), ("fresh", None)):
+        (directory / "pending" / name).touch()
+        if stamp is not None:
+            os.utime(directory / "pending" / name, (stamp, stamp))
+
+
+def test_purge_prunes_the_delivery_record_in_both_places(tmp_path: Path) -> None:
+    """``purge`` prunes the delivery record in the state directory and the one version 0.1.0
+    kept in the quarantine directory: markers and lock files past KEEP_HOURS go, the rest stays
+    (issue 13, item 6)."""
+    cli = Cli(tmp_path)
+    old_hour, new_hour = "2020010100", datetime.now(UTC).strftime("%Y%m%d%H")
+    places = (cli.state / "delivered", cli.store.directory / "delivered")
+    for place in places:
+        _record(place, old_hour, new_hour)
+    cli.store.directory.chmod(0o700)
+    cli.state.chmod(0o700)
+    done = cli.run("purge", "--older-than", "1")
+    assert (done.returncode, done.stderr) == (0, ""), done
+    for place in places:
+        assert sorted(p.name for p in place.iterdir()) == sorted([new_hour, "pending"])
+        assert [p.name for p in (place / "pending").iterdir()] == ["fresh"]
+
+
+def test_purge_refuses_a_linked_part_of_the_state_record(tmp_path: Path) -> None:
+    """A link planted in the state directory's record is refused by ``purge`` (exit 1, named),
+    and nothing behind it is removed; the quarantine is purged all the same."""
+    cli = Cli(tmp_path)
+    old = cli.store.put(meta(queue_id="OLD"), DATA)
+    (cli.state / "delivered").mkdir(parents=True)
+    victim = _victim(tmp_path / "victim")
+    (cli.state / "delivered" / "pending").symlink_to(victim)
+    done = cli.run("purge", "--older-than", "0")
+    assert done.returncode == 1, done
+    assert "pending" in done.stderr
+    assert "symbolic link" in done.stderr
+    assert all((victim / name).exists() for name in VICTIM_FILES)
+    assert not (cli.store.directory / old.id).exists()
 
 
 # ---- a store part that is a symbolic link or another user's (issue 12, item 8) ----------------

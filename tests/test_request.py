@@ -22,6 +22,7 @@ from scatterguard.config import Config
 from scatterguard.errors import TEMPFAIL_STATUS, ScatterguardError, UsageError
 from scatterguard.frontends import cli, handover, request, server
 from scatterguard.frontends.request import FilterRequest, parse_filter
+from scatterguard.services import Services
 
 PACKAGE = Path(__file__).resolve().parents[1] / "filter" / "scatterguard"
 
@@ -198,9 +199,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[FilterRequest]:
     """pipeline.filter_stream replaced by a recorder that defers, and no logging."""
     seen: list[FilterRequest] = []
 
-    def record(filter_request: FilterRequest, *_args: Any, **_kwargs: Any) -> pipeline.Outcome:
+    def record(filter_request: FilterRequest, *_args: Any, **_kwargs: Any) -> pipeline.Done:
         seen.append(filter_request)
-        return pipeline.Outcome(75, TEMPFAIL_STATUS)
+        return pipeline.Done.deferred(TEMPFAIL_STATUS)
 
     monkeypatch.setattr(pipeline, "filter_stream", record)
     monkeypatch.setattr(journal, "setup", lambda *_args, **_kwargs: _Quiet())
@@ -242,7 +243,8 @@ def _through_server(argv: list[str], config: Path) -> handover.Reply:
     client.start()
     try:
         with ours:
-            server.handle(ours, Config(), frozenset({os.geteuid()}), None, _Quiet())
+            services = Services.from_config(Config(), logger=_Quiet())
+            server.handle(ours, Config(), frozenset({os.geteuid()}), services)
         client.join(20)
     finally:
         theirs.close()

@@ -103,7 +103,11 @@ def served(tmp_path: Path, dns_server: DnsServer) -> Iterator[tuple[Filter, Serv
     mta.config.write_text(
         bootstrap.config.read_text().replace('socket = ""', f'socket = "{server.socket}"')
     )
-    mta.sendmail, mta.quarantine = bootstrap.sendmail, bootstrap.quarantine
+    mta.sendmail, mta.quarantine, mta.state = (
+        bootstrap.sendmail,
+        bootstrap.quarantine,
+        bootstrap.state,
+    )
     mta.syslog = bootstrap.syslog
     try:
         yield mta, server

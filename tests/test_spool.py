@@ -13,11 +13,12 @@ import io
 import ipaddress
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,18 +35,19 @@ from scatterguard.actions.quarantine.directory import Store
 from scatterguard.actions.quarantine.entry import Metadata, entry_id
 from scatterguard.actions.reinject import CommandReinjector
 from scatterguard.actions.spool import Spool, SpoolFile
-from scatterguard.checks.resolver import Resolver
 from scatterguard.config import (
     Config,
     DkimConfig,
     DnsConfig,
     QuarantineConfig,
     ReinjectConfig,
+    StateConfig,
 )
 from scatterguard.core.envelope import parse_envelope
 from scatterguard.core.message import Message, Payload, Spooled
 from scatterguard.errors import InputError, QuarantineError, ReinjectError, SpoolError
-from scatterguard.frontends import intake, request
+from scatterguard.frontends import intake, pipe, request
+from scatterguard.services import Services
 from signing import Signer, sample_message
 
 AUTHSERV = "mx.rcpt.example"
@@ -442,11 +444,14 @@ class Log:
 
 
 class Setup:
-    """A filter configuration with a recording sendmail and a quarantine under ``tmp``."""
+    """A filter configuration with a recording sendmail, a quarantine and a state directory
+    (where the spool is) under ``tmp``, or the state directory at ``state``."""
 
-    def __init__(self, tmp: Path, dns: DnsServer, **dkim: int) -> None:
+    def __init__(self, tmp: Path, dns: DnsServer, state: Path | None = None, **dkim: int) -> None:
         self.sendmail = FakeSendmail(tmp / "sendmail")
         self.quarantine = tmp / "quarantine"
+        self.state = tmp / "state" if state is None else state
+        self.spool = self.state / "spool"
         self.config = Config(
             authserv_id=AUTHSERV,
             trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),),
@@ -454,15 +459,18 @@ class Setup:
             dkim=DkimConfig(**dkim),
             reinject=ReinjectConfig(tuple(self.sendmail.command())),
             quarantine=QuarantineConfig(self.quarantine),
+            state=StateConfig(self.state),
         )
-        self.resolver = Resolver(self.config.dns.nameservers, 0.5)
         self.log = Log()
+        # Built once, as each process does, and used for every message of the test.
+        self.services = Services.from_config(self.config, logger=self.log)
 
-    def run(self, argv: list[str], stdin: bytes) -> pipeline.Outcome:
+    def run(self, argv: list[str], stdin: bytes) -> pipe.Outcome:
         filter_request = request.parse_filter(["filter", *argv], {})
-        return pipeline.filter_stream(
-            filter_request, io.BytesIO(stdin), self.config, resolver=self.resolver, logger=self.log
+        done = pipeline.filter_stream(
+            filter_request, io.BytesIO(stdin), self.config, services=self.services
         )
+        return pipe.answer(done)
 
     def entries(self) -> list[Path]:
         return [p for p in self.quarantine.iterdir() if p.is_file()]
@@ -511,8 +519,10 @@ def test_spooled_message_delivered_byte_identical(setup: Setup, name: str, bsmtp
     assert b"spf=pass" in header
     assert setup.log.lines[-1]["size"] == len(data)
     assert open_fds() == before
-    assert mapped(setup.quarantine) == []
-    assert os.listdir(setup.quarantine / "tmp") == []
+    assert mapped(setup.state) == []
+    assert os.listdir(setup.spool) == []
+    # A delivery leaves nothing beside the quarantine, which may be shared by other hosts.
+    assert not setup.quarantine.exists()
 
 
 @pytest.mark.parametrize("bsmtp", [False, True], ids=["argv", "bsmtp"])
@@ -532,15 +542,59 @@ def test_spooled_message_quarantined_byte_identical(setup: Setup, bsmtp: bool) -
     assert Store(setup.quarantine).get(entry.name)[1] == data
 
 
+def _other_file_system(than: Path) -> Path | None:
+    """A fresh directory on a file system other than ``than``'s (a tmpfs), or None."""
+    for base in ("/dev/shm", "/run", "/tmp"):
+        usable = os.path.isdir(base) and os.access(base, os.W_OK)
+        if usable and os.stat(base).st_dev != os.stat(than).st_dev:
+            return Path(tempfile.mkdtemp(prefix="sg-state-", dir=base))
+    return None
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Iterator[Path]:
+    """A state directory on another file system than the quarantine's (tmp_path)."""
+    directory = _other_file_system(tmp_path)
+    if directory is None:
+        pytest.skip("no second file system to put the state directory on")
+    try:
+        yield directory / "state"
+    finally:
+        shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize("bsmtp", [False, True], ids=["argv", "bsmtp"])
+def test_spooled_message_quarantined_across_file_systems(
+    tmp_path: Path, dns_server: DnsServer, small_spool: None, elsewhere: Path, bsmtp: bool
+) -> None:
+    """With the spool (state directory) on one file system and the quarantine on another, a
+    spooled message is copied into its entry byte for byte; the spool is left empty."""
+    dns_server.records.add_text(ZONE)
+    setup = Setup(tmp_path, dns_server, state=elsewhere)
+    data = message("ceo@reject.example", b".dot \xe9t\xe9 \x00 bare\rcr\n" * 400)
+    argv = ["-f", "ceo@reject.example", "--client-address=203.0.113.9", "--queue-id=Q9"]
+    if bsmtp:
+        stream = stuff(data).replace(b"alice@sender.example", b"ceo@reject.example")
+        outcome = setup.run(["--bsmtp", *argv[2:]], stream)
+    else:
+        outcome = setup.run([*argv, "--", "bob@rcpt.example"], data)
+    assert (outcome.code, outcome.status) == (0, None)
+    assert os.stat(setup.spool).st_dev != os.stat(setup.quarantine).st_dev
+    assert os.listdir(setup.spool) == []
+    [entry] = setup.entries()
+    assert Store(setup.quarantine).get(entry.name)[1] == data
+    assert setup.sendmail.calls == []
+
+
 def test_unwritable_spool_directory_defers(setup: Setup) -> None:
     """When the spool directory cannot be made, the message is deferred, and says why."""
-    setup.quarantine.write_text("a file where the quarantine directory should be")
+    setup.state.write_text("a file where the state directory should be")
     outcome = setup.run([*ARGV, "bob@rcpt.example"], TRICKY["lf-dots"])
     assert outcome.code == 75
     assert "cannot create directory" in str(setup.log.lines[-1]["error"])
     assert setup.sendmail.calls == []
     # A small message needs no spool: it is delivered as before. (Without a queue id: with one,
-    # the delivery record, also under the quarantine directory, would defer it.)
+    # the delivery record, also in the state directory, would defer it.)
     no_queue_id = [arg for arg in ARGV if not arg.startswith("--queue-id")]
     outcome = setup.run([*no_queue_id, "bob@rcpt.example"], message())
     assert outcome.code == 0
@@ -608,6 +662,7 @@ def cli_config(tmp: Path, quarantine: Path) -> tuple[Path, Path]:
         '[reinject]\ncommand = ["/bin/sh", "-c", "cat > \\"$0\\"", '
         f'"{out}", "-f", "{{sender}}", "--", "{{recipients}}"]\n'
         f'[quarantine]\ndirectory = "{quarantine}"\n'
+        f'[state]\ndirectory = "{tmp / "state"}"\n'
         # Filter mode never logs to stderr (it is the MTA's): a test reads this socket.
         f'[log]\nsocket = "{tmp / "log.sock"}"\n'
         '[server]\nsocket = ""\n'
@@ -665,7 +720,7 @@ def test_25_mb_message_through_the_cli(tmp_path: Path) -> None:
     delivered = out.read_bytes()
     assert delivered.endswith(data)
     assert delivered[: len(delivered) - len(data)].startswith(b"Authentication-Results: ")
-    assert os.listdir(tmp_path / "quarantine" / "tmp") == []
+    assert os.listdir(tmp_path / "state" / "spool") == []
     # Not a timing: the old code held the message twice (read, then header + message joined).
     # Generous: a quarter of the message's size above the same filter on a small message.
     assert (peak - baseline) * 1024 < len(data) / 4, (peak, baseline)

@@ -65,6 +65,18 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """Where this host keeps its own state: the spool and the delivery record.
+
+    Host-local by design (DESIGN.md §State): a quarantine may be shared by several MX hosts, but
+    a message being filtered and the record of what this host re-injected belong to this host
+    alone. :mod:`scatterguard.services` sets out what lies inside it.
+    """
+
+    directory: Path = Path("/var/lib/scatterguard")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Where the one line per message goes: syslog (mail facility) or stderr.
 
@@ -110,6 +122,7 @@ class Config:
     dkim: DkimConfig = DkimConfig()
     reinject: ReinjectConfig = ReinjectConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    state: StateConfig = StateConfig()
     log: LogConfig = LogConfig()
     server: ServerConfig = ServerConfig()
     source: str = "built-in defaults"
@@ -171,6 +184,7 @@ def parse(data: Mapping[str, Any], source: str = "<config>") -> Config:
         dkim=table.section("dkim", _dkim),
         reinject=table.section("reinject", _reinject),
         quarantine=table.section("quarantine", _quarantine),
+        state=table.section("state", _state),
         log=table.section("log", _log),
         server=table.section("server", _server),
         source=source,
@@ -239,6 +253,10 @@ def _quarantine(table: _Table) -> QuarantineConfig:
         purge_after_days=table.get("purge_after_days", _count, QuarantineConfig.purge_after_days),
         backend=table.get("backend", _choice(*QUARANTINE_BACKENDS), QuarantineConfig.backend),
     )
+
+
+def _state(table: _Table) -> StateConfig:
+    return StateConfig(directory=table.get("directory", _absolute_path, StateConfig.directory))
 
 
 def _log(table: _Table) -> LogConfig:

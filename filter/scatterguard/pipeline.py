@@ -3,7 +3,13 @@
 :func:`evaluate` is shared by ``check`` (which only explains) and ``filter`` (which acts).
 :func:`run_filter` holds the filter's promise: every message ends delivered, quarantined, bounced
 to a verified sender, or deferred. Every failure on the way — bad input, DNS trouble, an
-unwritable quarantine, a crash in our code, the deadline — is a deferral (exit 75).
+unwritable quarantine, a crash in our code, the deadline — is a deferral.
+
+What was done comes back as a :class:`Done` value, in no protocol's words: the front end answers
+it in its own (the pipe filter with exit 0/69/75 and one status line,
+:mod:`scatterguard.frontends.pipe`; at SMTP time 250/451/550). The collaborators (resolver,
+re-injector, quarantine store, delivery record, spool, logger, clock) are built once per process
+by :mod:`scatterguard.services` and passed in.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from scatterguard.actions.delivery import DeliveryRecord
 from scatterguard.actions.ports import ClaimT, DeliveryLedger, QuarantineStore, Reinjector
 from scatterguard.checks.resolver import Resolver
 from scatterguard.config import Config
@@ -26,9 +32,6 @@ from scatterguard.core.message import Message, Spooled
 from scatterguard.core.results import AuthReport
 from scatterguard.core.verdict import Action, Decision
 from scatterguard.errors import (
-    EX_OK,
-    EX_TEMPFAIL,
-    EX_UNAVAILABLE,
     TEMPFAIL_STATUS,
     ScatterguardError,
 )
@@ -48,7 +51,28 @@ class Evaluation:
     rendered: authresults.Rendered
 
 
+class Collaborators(Protocol):
+    """What filtering needs besides the configuration, built once per process
+    (:class:`scatterguard.services.Services`)."""
+
+    @property
+    def resolver(self) -> Resolver: ...
+    @property
+    def reinjector(self) -> Reinjector: ...
+    @property
+    def quarantine(self) -> QuarantineStore: ...
+    @property
+    def delivered(self) -> DeliveryLedger[Any] | None: ...
+    @property
+    def spool(self) -> Callable[[], Path] | None: ...
+    @property
+    def logger(self) -> Logger: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+
 ALREADY = "already re-injected"
+BOUNCE_STATUS = "5.7.1 Message rejected by policy"
 
 
 def evaluate(
@@ -86,12 +110,41 @@ def arrival_age(message: Message, now: float) -> float | None:
     return None
 
 
-@dataclass
-class Outcome:
-    """The exit code and, for 69 and 75, the one status line for the MTA."""
+@dataclass(frozen=True)
+class Done:
+    """What became of one message, for the front end to answer in its own protocol.
 
-    code: int
+    ``action`` is what was done, not what was decided: a delivery whose re-injection failed is
+    a deferral. ``deliver``: re-injected (or found re-injected by an earlier attempt);
+    ``quarantine``: kept, ``entry`` is the quarantine id; ``bounce``: nothing done, the front end
+    asks for the message to be returned (the pipe to its MTA, SMTP with a 5xx reply);
+    ``defer``: nothing done, the front end asks for a retry. ``status`` is, for the last two,
+    the RFC 3463 enhanced status code and its text (``5.7.26 ...``, ``4.3.0 ...``).
+    """
+
+    action: Action
     status: str | None = None
+    entry: str | None = None
+
+    @classmethod
+    def delivered(cls) -> Done:
+        """Re-injected."""
+        return cls(Action.DELIVER)
+
+    @classmethod
+    def quarantined(cls, entry: str) -> Done:
+        """Kept in the quarantine under the id ``entry``."""
+        return cls(Action.QUARANTINE, entry=entry)
+
+    @classmethod
+    def bounce(cls, status: str) -> Done:
+        """To be returned to its (verified) sender, with this status."""
+        return cls(Action.BOUNCE, status)
+
+    @classmethod
+    def deferred(cls, status: str = TEMPFAIL_STATUS) -> Done:
+        """To be retried later, with this status."""
+        return cls(Action.DEFER, status)
 
 
 def act(
@@ -101,24 +154,25 @@ def act(
     config: Config,
     reinjector: Reinjector,
     quarantine: QuarantineStore,
-) -> Outcome:
-    """Carry out the decision. Raises on failure; the caller turns that into a deferral."""
+) -> Done:
+    """Carry out the decision and say what was done. Raises on failure; the caller turns that
+    into a deferral."""
     decision = evaluation.decision
     if decision.action is Action.DELIVER:
         remove = list(authresults.ours(message, config.authserv_id))
         payload = message.prepend(evaluation.rendered.field(message.linesep), remove)
         reinjector(envelope.sender_text, envelope.recipients, payload)
-        return Outcome(EX_OK)
+        return Done.delivered()
     if decision.action is Action.QUARANTINE:
-        quarantine.add(message.source, envelope, decision, evaluation.rendered.value)
-        return Outcome(EX_OK)
+        entry = quarantine.add(message.source, envelope, decision, evaluation.rendered.value)
+        return Done.quarantined(entry)
     if decision.action is Action.BOUNCE and decision.reverse_path_verified:
-        return Outcome(EX_UNAVAILABLE, decision.status or "5.7.1 Message rejected by policy")
+        return Done.bounce(decision.status or BOUNCE_STATUS)
     if decision.action is Action.BOUNCE:
         # decide() never does this; if it ever did, keeping the message beats backscatter.
-        quarantine.add(message.source, envelope, decision, evaluation.rendered.value)
-        return Outcome(EX_OK)
-    return Outcome(EX_TEMPFAIL, decision.status or TEMPFAIL_STATUS)
+        entry = quarantine.add(message.source, envelope, decision, evaluation.rendered.value)
+        return Done.quarantined(entry)
+    return Done.deferred(decision.status or TEMPFAIL_STATUS)
 
 
 def log_line(
@@ -126,13 +180,16 @@ def log_line(
     message: Message | None,
     envelope: Envelope | None,
     evaluation: Evaluation | None,
-    outcome: Outcome,
+    done: Done | None,
     started: float,
     error: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     note: str | None = None,
 ) -> None:
-    """The one canonical line per message (no bodies, values escaped by the renderer)."""
+    """The one canonical line per message (no bodies, values escaped by the renderer).
+
+    ``done`` is None when nothing was to be done (``check``): the action is the decision's.
+    """
     values: dict[str, Any] = {"ms": round((clock() - started) * 1000)}
     if envelope is not None:
         values.update(
@@ -157,9 +214,9 @@ def log_line(
             verified=evaluation.decision.reverse_path_verified,
             reasons=list(evaluation.decision.reasons),
         )
-    if outcome.code != EX_OK:
-        values["status"] = outcome.status
-        values["action"] = {EX_UNAVAILABLE: "bounce"}.get(outcome.code, "defer")
+    if done is not None and done.action in (Action.BOUNCE, Action.DEFER):
+        values["status"] = done.status
+        values["action"] = str(done.action)
     elif evaluation is None:
         values["action"] = "deliver"
     if error:
@@ -181,8 +238,10 @@ def run_filter(
     now: Callable[[], float] = time.time,
     delivered: DeliveryLedger[ClaimT] | None = None,
     confirm: Callable[[], None] | None = None,
-) -> Outcome:
+) -> Done:
     """Filter one message whose bytes and envelope are already read; never raises.
+
+    Returns what was done (:class:`Done`); every failure is a deferral.
 
     ``confirm``, when given, is called right before anything is acted on (or answered as done);
     when it raises, nothing is, and the message is deferred. The resident server confirms there
@@ -199,7 +258,7 @@ def run_filter(
         if delivered is None or key is None:
             evaluation = evaluate(message, envelope, config, resolver, now())
             confirmed()
-            outcome = act(message, envelope, evaluation, config, reinjector, quarantine)
+            done = act(message, envelope, evaluation, config, reinjector, quarantine)
         else:
             # One attempt at a time per queue file: a retry that arrives while an earlier
             # attempt (or its re-injection process) is still running waits for it.
@@ -207,19 +266,19 @@ def run_filter(
                 if claim.done:
                     # A retry of a delivery that went through before the filter was killed.
                     confirmed()
-                    outcome = Outcome(EX_OK)
-                    log_line(logger, message, envelope, None, outcome, started, note=ALREADY)
-                    return outcome
+                    done = Done.delivered()
+                    log_line(logger, message, envelope, None, done, started, note=ALREADY)
+                    return done
                 evaluation = evaluate(message, envelope, config, resolver, now())
                 guarded = functools.partial(delivered.reinject, claim, reinjector)
                 confirmed()
-                outcome = act(message, envelope, evaluation, config, guarded, quarantine)
+                done = act(message, envelope, evaluation, config, guarded, quarantine)
     except Exception as exc:  # noqa: BLE001 - every failure must end in a retry, never a loss
-        outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
-        log_line(logger, message, envelope, evaluation, outcome, started, error=describe(exc))
-        return outcome
-    log_line(logger, message, envelope, evaluation, outcome, started)
-    return outcome
+        done = Done.deferred(TEMPFAIL_STATUS)
+        log_line(logger, message, envelope, evaluation, done, started, error=describe(exc))
+        return done
+    log_line(logger, message, envelope, evaluation, done, started)
+    return done
 
 
 def filter_stream(
@@ -227,37 +286,34 @@ def filter_stream(
     stdin: BinaryIO,
     config: Config,
     *,
-    resolver: Resolver,
-    logger: Logger,
+    services: Collaborators,
     confirm: Callable[[], None] | None = None,
-) -> Outcome:
+) -> Done:
     """Read one message as the MTA hands it over (argv or BSMTP) and filter it; never raises.
 
     The in-process filter and the resident server's workers both come through here, so they run
-    exactly the same code.
+    exactly the same code, with collaborators built once per process (``services``).
     """
     from scatterguard.actions import spool
-    from scatterguard.actions.quarantine.directory import Store
-    from scatterguard.actions.reinject import CommandReinjector
     from scatterguard.frontends import intake
 
     started = time.monotonic()
-    store = Store(config.quarantine.directory)
+    logger = services.logger
     data: bytes | Spooled | None = None
     try:
-        # A large message is spooled in the quarantine's tmp/ (see scatterguard.actions.spool).
+        # A large message is spooled in the state directory (see scatterguard.actions.spool).
         if request.bsmtp:
-            batch = intake.read_bsmtp(stdin, store.spool_directory)
+            batch = intake.read_bsmtp(stdin, services.spool)
             data = batch.data
             request = request.from_bsmtp(batch.sender, batch.recipients)
         else:
-            data = intake.read_message(stdin, store.spool_directory)
+            data = intake.read_message(stdin, services.spool)
         envelope = request.envelope()
     except ScatterguardError as exc:
         spool.close(data)
-        outcome = Outcome(EX_TEMPFAIL, TEMPFAIL_STATUS)
-        log_line(logger, None, None, None, outcome, started, describe(exc))
-        return outcome
+        done = Done.deferred(TEMPFAIL_STATUS)
+        log_line(logger, None, None, None, done, started, describe(exc))
+        return done
     except BaseException:
         spool.close(data)
         raise
@@ -266,11 +322,12 @@ def filter_stream(
             data,
             envelope,
             config,
-            reinjector=CommandReinjector(config.reinject.command, config.reinject.timeout),
-            quarantine=store,
-            resolver=resolver,
+            reinjector=services.reinjector,
+            quarantine=services.quarantine,
+            resolver=services.resolver,
             logger=logger,
-            delivered=DeliveryRecord(config.quarantine.directory / "delivered"),
+            now=services.clock,
+            delivered=services.delivered,
             confirm=confirm,
         )
     finally:

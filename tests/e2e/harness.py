@@ -56,6 +56,9 @@ EXIM = Path("/usr/sbin/exim4")
 RUN = Path("/run/scatterguard-e2e")
 LOCK = Path("/run/scatterguard-e2e.lock")
 QUARANTINE = Path("/var/lib/scatterguard-e2e/quarantine")
+# The filter's host-local state (spool, delivery record), apart from the quarantine as the
+# package has it; never the package's /var/lib/scatterguard.
+STATE = Path("/var/lib/scatterguard-e2e/state")
 CONFIG = Path("/etc/scatterguard/scatterguard.toml")
 # The resident server's socket, in a directory every user can traverse (as systemd's
 # RuntimeDirectory=scatterguard with mode 0755 would make /run/scatterguard).
@@ -271,6 +274,8 @@ class FilterSetup:
             "timeout = 1.0",
             "[quarantine]",
             f'directory = "{QUARANTINE}"',
+            "[state]",
+            f'directory = "{STATE}"',
             "[log]",
             'target = "syslog"',
             f'socket = "{RUN / "log.sock"}"',
@@ -294,7 +299,13 @@ class FilterSetup:
 
 
 def reset_quarantine(writable: bool = True) -> None:
-    """An empty quarantine owned by the filter user, or (``writable=False``) one it cannot use."""
+    """An empty quarantine owned by the filter user, or (``writable=False``) one it cannot use;
+    and an empty state directory (spool, delivery record) the filter user can always use."""
+    shutil.rmtree(STATE, ignore_errors=True)
+    STATE.mkdir(parents=True)
+    user = pwd.getpwnam(FILTER_USER)
+    os.chown(STATE, user.pw_uid, user.pw_gid)
+    STATE.chmod(0o700)
     shutil.rmtree(QUARANTINE, ignore_errors=True)
     QUARANTINE.mkdir(parents=True)
     QUARANTINE.parent.chmod(0o755)

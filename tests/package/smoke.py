@@ -8,7 +8,8 @@ asserts what the installed command decides:
 - ``check --json`` for a signed message, a forged one, a null sender and a verified sender whose
   From domain's DMARC policy rejects the message;
 - ``filter`` run as the ``scatterguard`` user the package created, so the quarantine directory
-  postinst made is proved usable: delivery re-injects the original bytes behind our header,
+  postinst made is proved usable (and its state directory, where the message with a queue id is
+  claimed in ``delivered/``): delivery re-injects the original bytes behind our header,
   forged mail lands in the quarantine (and is listed there), a verified sender gets exit 69;
 - ``serve`` as that user, with ``filter`` handing a message over to it.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from scatterguard import config
+from scatterguard import config, services
 from scatterguard.frontends.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,9 +238,13 @@ def test_user_and_directories_agree_everywhere() -> None:
         )
     }
     quarantine = str(config.QuarantineConfig().directory)
+    state = config.StateConfig().directory
+    assert str(state) == "/var/lib/scatterguard"
     assert tmpfiles == {
-        "/var/lib/scatterguard": ("0750", "scatterguard", "scatterguard"),
+        str(state): ("0750", "scatterguard", "scatterguard"),
         quarantine: ("0700", "scatterguard", "scatterguard"),
+        str(state / services.SPOOL): ("0700", "scatterguard", "scatterguard"),
+        str(state / services.DELIVERED): ("0700", "scatterguard", "scatterguard"),
     }
     postinst = (ROOT / "debian/postinst").read_text()
     created = dict(re.findall(r"^\tcreate_directory (\S+) (\d+)$", postinst, re.MULTILINE))

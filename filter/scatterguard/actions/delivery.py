@@ -22,10 +22,21 @@ delivery is recorded.
 
 A marker's name is a digest of the queue id, the envelope and the message bytes: the same
 delivery attempt of the same queue file, never a different message (a message without a queue id
-is never recorded). Markers live in hourly directories under ``<quarantine.directory>/delivered``
-and are dropped after ``KEEP_HOURS``, well past any retry of a message the MTA still holds for a
+is never recorded). Markers live in hourly directories under ``<state.directory>/delivered`` and
+are dropped after ``KEEP_HOURS``, well past any retry of a message the MTA still holds for a
 killed filter (those retries come within minutes). Markers are not fsynced: they guard against a
 killed process, whose writes the kernel keeps, not against a power failure.
+
+The record is host-local: it says what *this* host handed back to *its* MTA, so it lives in the
+state directory, never beside a quarantine that several hosts may share. Version 0.1.0 kept it
+in ``<quarantine.directory>/delivered``. That earlier record is read, never written
+(``legacy``): a retry after an upgrade of a message re-injected before it still finds its
+claim file or marker there, and a re-injection process the old version left running is waited
+for. It empties itself, since nothing new is written there and ``quarantine purge`` prunes it
+(:func:`prune_store`); after ``KEEP_HOURS`` it holds nothing that could matter. Reading it in
+place was chosen over moving it at start-up: the filter has no start-up of its own (one process
+per message), a move across file systems is not atomic while old and new filters may run side
+by side during the upgrade, and a marker is worth keeping only for two days anyway.
 """
 
 from __future__ import annotations
@@ -76,11 +87,22 @@ class Claim:
 
 
 class DeliveryRecord:
-    """Claims and markers of re-injected messages under one directory."""
+    """Claims and markers of re-injected messages under one directory.
 
-    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+    ``legacy``, when given, is where an earlier version kept the record: it is consulted (read
+    only) for markers and claim files, and never written (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        legacy: Path | None = None,
+    ) -> None:
         self.directory = directory
         self.clock = clock
+        self.legacy = legacy if legacy != directory else None
 
     @staticmethod
     def key(envelope: Envelope, data: bytes | Spooled) -> str | None:
@@ -100,13 +122,26 @@ class DeliveryRecord:
         return hashlib.sha256(document.encode("utf-8")).hexdigest()[:40]
 
     def seen(self, key: str) -> bool:
-        """True when a marker for ``key`` was written in the last KEEP_HOURS hours."""
+        """True when a marker for ``key`` was written in the last KEEP_HOURS hours (here, or in
+        the earlier version's record)."""
+        if self._seen(self._open, key):
+            return True
+        legacy = self.legacy
+        return legacy is not None and self._seen(lambda: _open_legacy(legacy), key)
+
+    def _seen(self, opener: Callable[[], Directory], key: str) -> bool:
         now = self.clock()
         try:
-            with self._open() as record:
+            with opener() as record:
+                # One listing instead of an open per hour: most hours have no directory (and
+                # an earlier version's record, once pruned, has none at all).
+                present = set(record.names())
                 for hours in range(KEEP_HOURS + 1):
+                    name = _hour(now - hours * 3600)
+                    if name not in present:
+                        continue
                     try:
-                        with record.sub(_hour(now - hours * 3600)) as hour:
+                        with record.sub(name) as hour:
                             hour.check(key, hour.lstat(key))
                             return True
                     except OSError:
@@ -124,6 +159,51 @@ class DeliveryRecord:
                 return root.make(self.directory.name)
         with Directory.root(self.directory.parent) as root:
             return root.sub(self.directory.name)
+
+    def _done_earlier(self, key: str) -> bool:
+        """True when the earlier version's claim file for ``key`` says ``delivered``.
+
+        Its lock is taken shared first: a re-injection process the earlier version started
+        (before the upgrade) holds it until the delivery is recorded, so this waits for it, and
+        the marker it then writes is found by :meth:`seen`. Nothing there is created or changed.
+        """
+        if self.legacy is None:
+            return False
+        path = self.legacy / "pending" / key
+        try:
+            with _open_legacy(self.legacy) as record, record.sub("pending") as pending:
+                fd = pending.open(key, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise QuarantineError(
+                f"cannot read the earlier record {path}: {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return os.pread(fd, len(DELIVERED), 0) == DELIVERED
+        except OSError as exc:
+            raise QuarantineError(
+                f"cannot read the earlier record {path}: {exc.strerror}"
+            ) from None
+        finally:
+            os.close(fd)
+
+    def prune(self) -> list[str]:
+        """:func:`prune` this record (a missing one is nothing to do); return what it refused.
+
+        The earlier version's record, in the quarantine directory, is pruned by the quarantine's
+        own purge (:func:`prune_store`).
+        """
+        try:
+            with Directory.root(self.directory.parent) as root:
+                return prune_store(root, self.clock(), self.directory.name)
+        except FileNotFoundError:
+            return []
+        except UnsafeStore as exc:
+            return [str(exc)]
+        except OSError as exc:
+            return [f"cannot read {self.directory.parent}: {exc.strerror or exc}"]
 
     def note(self, key: str) -> None:
         """Write the marker; a failure is ignored (the message is delivered, deferring now
@@ -169,7 +249,7 @@ class DeliveryRecord:
             try:
                 claim = Claim(key, fd, done=False)
                 state = os.pread(fd, len(DELIVERED), 0)
-                claim.done = state == DELIVERED or self.seen(key)
+                claim.done = state == DELIVERED or self._done_earlier(key) or self.seen(key)
                 if not state:
                     # Allocate the file's block now: marking it delivered later overwrites these
                     # bytes in place, which needs neither the directory nor free space.
@@ -247,10 +327,27 @@ class DeliveryRecord:
         self.note(claim.key)
 
 
-def prune_store(root: Directory, now: float) -> list[str]:
-    """:func:`prune` the delivery record of the store open as ``root``; return what it refused."""
+def _open_legacy(legacy: Path) -> Directory:
+    """An earlier version's record, open and checked; OSError when there is none to read.
+
+    The directory that holds it (the quarantine's) failing to open, whatever the reason, is no
+    record: the old version could not have written one there either, and a quarantine out of
+    reach (or another user's) must not hold up deliveries. Below it the rule of :mod:`.safedir`
+    applies as everywhere: a link or a third user's part is refused.
+    """
     try:
-        with root.sub("delivered") as record:
+        root = Directory.root(legacy.parent)
+    except (OSError, UnsafeStore) as exc:
+        raise FileNotFoundError(f"no earlier record in {legacy.parent}") from exc
+    with root:
+        return root.sub(legacy.name)
+
+
+def prune_store(root: Directory, now: float, name: str = "delivered") -> list[str]:
+    """:func:`prune` the delivery record ``name`` in the directory open as ``root`` (the state
+    directory, or the quarantine's, where an earlier version kept it); return what it refused."""
+    try:
+        with root.sub(name) as record:
             return prune(record, now)
     except FileNotFoundError:
         return []

@@ -2,9 +2,16 @@
 
 A message above :data:`THRESHOLD` bytes is not held in memory. Intake streams it into an
 anonymous file (:func:`tempfile.TemporaryFile`: ``O_TMPFILE`` on Linux, so the file never has a
-name and a filter killed at any moment leaves nothing behind) in the quarantine's ``tmp/``
-directory. That directory is the filter user's own, and it is on the disk that keeps the
-quarantine, where ``/tmp`` may be a tmpfs, which is memory again.
+name and a filter killed at any moment leaves nothing behind) in ``<state.directory>/spool``
+(:class:`SpoolDirectory`). That directory is the filter user's own and host-local, on a disk,
+where ``/tmp`` may be a tmpfs, which is memory again.
+
+The quarantine may be elsewhere, on another file system (even one shared by several hosts).
+Quarantining a spooled message copies it into the entry in the kernel either way: with
+``copy_file_range``, and with ``sendfile`` where that refuses to cross file systems (EXDEV). The
+entry is written, fsynced and renamed inside the quarantine's own ``tmp/``, so its crash safety
+does not depend on where the spool is; and the spool file is never linked into the quarantine
+(an entry starts with its metadata line), so nothing needs the two on one file system.
 
 The rest of the filter sees the file through a read-only ``mmap`` (:attr:`SpoolFile.view`), which
 :class:`~scatterguard.core.message.Message` reads like bytes: only the pages it touches (the header
@@ -26,6 +33,7 @@ from collections.abc import Callable
 from io import FileIO
 from pathlib import Path
 
+from scatterguard.actions.safedir import Directory
 from scatterguard.core.message import Spooled
 from scatterguard.errors import SpoolError
 
@@ -85,6 +93,25 @@ def close(data: bytes | Spooled | None) -> None:
     """Close a spooled message; bytes and None need nothing."""
     if data is not None and not isinstance(data, bytes):
         data.close()
+
+
+class SpoolDirectory:
+    """Where intake spools a large message: ``path``, created when missing, checked.
+
+    Called (by :class:`Spool`) only when a message outgrows memory, so a small message costs no
+    system call. ``path``'s parent (the state directory) is created as ``mkdir -p`` would, mode
+    0700, when missing; ``path`` itself is checked as every part of the store is
+    (:mod:`scatterguard.actions.safedir`): a link there is refused, never followed. Spool files
+    are anonymous: no reader ever takes one for anything, and no purge needs to meet them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> Path:
+        with Directory.create_root(self.path.parent) as root, root.make(self.path.name):
+            pass
+        return self.path
 
 
 class Spool:

@@ -49,7 +49,15 @@ def main(
         return list_entries(store, as_json=as_json, out=out, err=err)
     if command == "purge":
         days = older_than if older_than is not None else config.quarantine.purge_after_days
-        return purge(store, days, out, err=err)
+        code = purge(store, days, out, err=err)
+        # This host's delivery record, in the state directory, keeps its own age (KEEP_HOURS);
+        # the store's purge above prunes the one 0.1.0 kept in the quarantine directory.
+        from scatterguard import services
+
+        refused = services.delivery_record(config).prune()
+        for problem in refused:
+            _fail(err, f"purge: {problem.removeprefix('quarantine: ')}")
+        return 1 if refused else code
     if entry_id is None:
         raise UsageError(f"quarantine {command} needs an ID")
     if command == "show":

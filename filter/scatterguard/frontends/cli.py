@@ -166,18 +166,15 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
         raise
     state["config"] = config
     from scatterguard import journal, pipeline
-    from scatterguard.checks.resolver import Resolver
+    from scatterguard.frontends import pipe
     from scatterguard.frontends.deadline import deadline
+    from scatterguard.services import Services
 
     logger = state["logger"] = journal.setup(config.log)
     with deadline(config.timeout):
-        outcome = pipeline.filter_stream(
-            filter_request,
-            sys.stdin.buffer,
-            config,
-            resolver=Resolver(config.dns.nameservers, config.dns.timeout),
-            logger=logger,
-        )
+        services = Services.from_config(config, logger=logger)
+        done = pipeline.filter_stream(filter_request, sys.stdin.buffer, config, services=services)
+    outcome = pipe.answer(done)
     return outcome.code, outcome.status
 
 
@@ -334,7 +331,7 @@ def _check_main(args: argparse.Namespace, stdin: Any, out: TextIO) -> int:
     envelope = check_request.envelope(require_recipients=False)
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
     evaluation = pipeline.evaluate(message, envelope, config, resolver, time.time())
-    pipeline.log_line(logger, message, envelope, evaluation, pipeline.Outcome(EX_OK), started)
+    pipeline.log_line(logger, message, envelope, evaluation, None, started)
     document = explain.document(evaluation.report, evaluation.decision, evaluation.rendered)
     if args.json:
         import json

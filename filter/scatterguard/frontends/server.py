@@ -26,7 +26,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from scatterguard import trust
 from scatterguard.config import Config
@@ -34,6 +34,9 @@ from scatterguard.errors import EX_TEMPFAIL, TEMPFAIL_STATUS, ConfigError
 from scatterguard.frontends import handover
 from scatterguard.frontends.deadline import deadline
 from scatterguard.frontends.request import parse_filter
+
+if TYPE_CHECKING:
+    from scatterguard.services import Services
 
 REFUSED_STATUS = "4.7.0 Mail filter refused the hand-over, try again later"
 ACCEPT_POLL = 1.0
@@ -51,6 +54,9 @@ WARM_MODULES = (
     "structlog",
     "scatterguard.checks.report",
     "scatterguard.pipeline",
+    "scatterguard.services",
+    "scatterguard.frontends.pipe",
+    "scatterguard.frontends.intake",
     "scatterguard.actions.quarantine.directory",
     "scatterguard.actions.reinject",
 )
@@ -178,8 +184,7 @@ def _spawn(sock: socket.socket, config: Config, uids: frozenset[int]) -> tuple[i
 
 def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
     """Accept and handle connections one at a time until told to stop."""
-    from scatterguard import journal
-    from scatterguard.checks.resolver import Resolver
+    from scatterguard.services import Services
 
     stopping = False
 
@@ -189,9 +194,9 @@ def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logger = journal.setup(config.log)
-    # One resolver per worker for its whole life: its cache (with TTLs) serves every message.
-    resolver = Resolver(config.dns.nameservers, config.dns.timeout)
+    # The collaborators, once per worker for its whole life: the resolver's cache (with TTLs)
+    # serves every message, and no message pays for building a store or a re-injector.
+    services = Services.from_config(config)
     sock.settimeout(ACCEPT_POLL)
     while not stopping:
         try:
@@ -200,12 +205,10 @@ def _worker(sock: socket.socket, config: Config, uids: frozenset[int]) -> None:
             continue
         with conn:
             conn.settimeout(None)
-            handle(conn, config, uids, resolver, logger)
+            handle(conn, config, uids, services)
 
 
-def handle(
-    conn: socket.socket, config: Config, uids: frozenset[int], resolver: Any, logger: Any
-) -> None:
+def handle(conn: socket.socket, config: Config, uids: frozenset[int], services: Services) -> None:
     """Serve one request: check the peer, read the request, filter, confirm, act, answer.
 
     The peer's credentials are checked before anything is read, so a peer that may not hand
@@ -216,6 +219,7 @@ def handle(
     """
     from scatterguard import pipeline
 
+    logger = services.logger
     try:
         pid, uid = handover.peer(conn)
     except OSError as exc:
@@ -255,7 +259,7 @@ def handle(
             # message may be incomplete, and nobody waits for the outcome.
             logger.info("handover", action="dropped", uid=uid, pid=pid, left=round(left, 3))
             return
-        code, status = _filter(conn, request, stdin, config, resolver, logger, left, own_deadline)
+        code, status = _filter(conn, request, stdin, config, services, left, own_deadline)
     with contextlib.suppress(OSError):
         conn.settimeout(max(0.001, own_deadline - time.monotonic()))
         handover.answer(conn, code, status)
@@ -266,8 +270,7 @@ def _filter(
     request: handover.Request,
     stdin: BinaryIO,
     config: Config,
-    resolver: Any,
-    logger: Any,
+    services: Services,
     left: float,
     own_deadline: float,
 ) -> tuple[int, str | None]:
@@ -278,6 +281,7 @@ def _filter(
     errors there, and print nothing.
     """
     from scatterguard import pipeline
+    from scatterguard.frontends import pipe
 
     def confirm() -> None:
         handover.confirm(conn, request.deadline)
@@ -288,15 +292,13 @@ def _filter(
     try:
         filter_request = parse_filter(request.argv, request.env)
         with deadline(left):
-            outcome = pipeline.filter_stream(
-                filter_request,
-                stdin,
-                config,
-                resolver=resolver,
-                logger=logger,
-                confirm=confirm,
+            done = pipeline.filter_stream(
+                filter_request, stdin, config, services=services, confirm=confirm
             )
+        outcome = pipe.answer(done)
         return outcome.code, outcome.status
     except Exception as exc:  # noqa: BLE001 - a bad request defers one message, not the worker
-        logger.info("message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc))
+        services.logger.info(
+            "message", action="defer", status=TEMPFAIL_STATUS, error=pipeline.describe(exc)
+        )
         return EX_TEMPFAIL, TEMPFAIL_STATUS

@@ -2,9 +2,13 @@
 
 The store owns one directory (``quarantine.directory``, mode 0700)::
 
-    <directory>/tmp/            entries being written, and the spool files of large messages
-                                in flight (anonymous: they have no name); never read as entries
+    <directory>/tmp/            entries being written; never read as entries
     <directory>/<id>            one complete entry per file, mode 0600
+
+Nothing else lives here: the spool and the delivery record are host-local, in the state
+directory (:mod:`scatterguard.services`), so the quarantine can be shared without them. A
+``delivered/`` left by version 0.1.0 is read by the delivery record and pruned by
+:meth:`Store.purge` until it is empty.
 
 An entry file is its record (:mod:`scatterguard.actions.quarantine.entry`) as one line of JSON
 (ASCII, so it holds no raw newline), a ``\\n``, and then the message bytes exactly as the MTA
@@ -135,18 +139,6 @@ class Store:
             )
             self._write(root, tmp, new_id, record_line(entry) + b"\n", data)
         return entry
-
-    def spool_directory(self) -> Path:
-        """Where intake spools a large message: tmp/, created when missing, checked.
-
-        Spool files there are anonymous (:mod:`scatterguard.actions.spool`): they have no name, so
-        no reader takes them for an entry and :meth:`purge` never meets them; and a quarantined
-        spooled message is copied into its entry within one file system. tmp/ is checked as
-        every part of the store is (:mod:`scatterguard.actions.safedir`): a link there is refused.
-        """
-        with Directory.create_root(self.directory) as root, root.make("tmp"):
-            pass
-        return self.tmp
 
     def _write(
         self, root: Directory, tmp: Directory, final: str, head: bytes, data: bytes | Spooled
@@ -353,10 +345,10 @@ class Store:
         """Remove entries received more than ``older_than`` before ``now``.
 
         Stale files in tmp/ (older than 36 hours, left by a crash) are removed too, uncounted,
-        and so are the delivery record's old markers and lock files
-        (:mod:`scatterguard.actions.delivery`). A part of the store that is a link or a third user's
-        is left alone and reported in the result (the store directory itself: UnsafeStore);
-        everything else is still purged.
+        and so are the old markers and lock files of the delivery record version 0.1.0 kept here
+        (:mod:`scatterguard.actions.delivery`; today's is in the state directory). A part of
+        the store that is a link or a third user's is left alone and reported in the result
+        (the store directory itself: UnsafeStore); everything else is still purged.
         """
         moment = self.now() if now is None else as_utc(now)
         cutoff = moment - older_than
