@@ -20,7 +20,7 @@ import pytest
 from scatterguard import journal, pipeline
 from scatterguard.config import Config
 from scatterguard.errors import TEMPFAIL_STATUS, ScatterguardError, UsageError
-from scatterguard.frontends import cli, handover, request, server
+from scatterguard.frontends import cli, handover, pipe, request, server
 from scatterguard.frontends.request import FilterRequest, parse_filter
 from scatterguard.services import Services
 
@@ -196,14 +196,14 @@ class _Quiet:
 
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[FilterRequest]:
-    """pipeline.filter_stream replaced by a recorder that defers, and no logging."""
+    """pipe.filter_stream replaced by a recorder that defers, and no logging."""
     seen: list[FilterRequest] = []
 
     def record(filter_request: FilterRequest, *_args: Any, **_kwargs: Any) -> pipeline.Done:
         seen.append(filter_request)
         return pipeline.Done.deferred(TEMPFAIL_STATUS)
 
-    monkeypatch.setattr(pipeline, "filter_stream", record)
+    monkeypatch.setattr(pipe, "filter_stream", record)
     monkeypatch.setattr(journal, "setup", lambda *_args, **_kwargs: _Quiet())
     return seen
 

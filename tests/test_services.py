@@ -1,5 +1,5 @@
 """The composition root: ``Services.from_config`` builds each collaborator once, where the
-configuration says, touching no disk; ``pipeline.filter_stream`` uses the ones it is given for
+configuration says, touching no disk; ``pipe.filter_stream`` uses the ones it is given for
 every message."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dnsserver import DnsServer
-from scatterguard import pipeline, services
+from scatterguard import services
 from scatterguard.config import Config, DnsConfig, QuarantineConfig, ReinjectConfig, StateConfig
 from scatterguard.core.envelope import Envelope
 from scatterguard.core.message import Payload, Spooled
 from scatterguard.core.verdict import Decision
-from scatterguard.frontends import request
+from scatterguard.frontends import pipe, request
 from scatterguard.pipeline import Done
 from scatterguard.services import Services
 from test_filter import ZONE, message
@@ -121,7 +121,7 @@ def test_filter_stream_uses_the_collaborators_it_is_given(
             ["filter", *envelope, f"--queue-id=4Q{number}", "--", "bob@rcpt.example"], {}
         )
         outcomes.append(
-            pipeline.filter_stream(filter_request, io.BytesIO(data), config, services=built)
+            pipe.filter_stream(filter_request, io.BytesIO(data), config, services=built)
         )
         lookups.append(built.resolver.lookups)
     assert outcomes == [Done.delivered(), Done.delivered(), Done.quarantined("entry-1")]

@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 from dates import RECEIVED_DATE
 from dnsserver import DnsServer
 from fakes import FakeSendmail
-from scatterguard import pipeline
 from scatterguard.actions import spool
 from scatterguard.actions.delivery import DeliveryRecord
 from scatterguard.actions.quarantine.directory import Store
@@ -467,7 +466,7 @@ class Setup:
 
     def run(self, argv: list[str], stdin: bytes) -> pipe.Outcome:
         filter_request = request.parse_filter(["filter", *argv], {})
-        done = pipeline.filter_stream(
+        done = pipe.filter_stream(
             filter_request, io.BytesIO(stdin), self.config, services=self.services
         )
         return pipe.answer(done)

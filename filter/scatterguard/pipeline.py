@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from scatterguard.actions.ports import ClaimT, DeliveryLedger, QuarantineStore, Reinjector
 from scatterguard.checks.resolver import Resolver
@@ -33,13 +33,8 @@ from scatterguard.core.results import AuthReport
 from scatterguard.core.verdict import Action, Decision
 from scatterguard.errors import (
     TEMPFAIL_STATUS,
-    ScatterguardError,
 )
 from scatterguard.journal import Logger
-
-if TYPE_CHECKING:
-    # Only the type: the front ends build the request (and filter_stream reads stdin as they do).
-    from scatterguard.frontends.request import FilterRequest
 
 
 @dataclass(frozen=True)
@@ -279,59 +274,6 @@ def run_filter(
         return done
     log_line(logger, message, envelope, evaluation, done, started)
     return done
-
-
-def filter_stream(
-    request: FilterRequest,
-    stdin: BinaryIO,
-    config: Config,
-    *,
-    services: Collaborators,
-    confirm: Callable[[], None] | None = None,
-) -> Done:
-    """Read one message as the MTA hands it over (argv or BSMTP) and filter it; never raises.
-
-    The in-process filter and the resident server's workers both come through here, so they run
-    exactly the same code, with collaborators built once per process (``services``).
-    """
-    from scatterguard.actions import spool
-    from scatterguard.frontends import intake
-
-    started = time.monotonic()
-    logger = services.logger
-    data: bytes | Spooled | None = None
-    try:
-        # A large message is spooled in the state directory (see scatterguard.actions.spool).
-        if request.bsmtp:
-            batch = intake.read_bsmtp(stdin, services.spool)
-            data = batch.data
-            request = request.from_bsmtp(batch.sender, batch.recipients)
-        else:
-            data = intake.read_message(stdin, services.spool)
-        envelope = request.envelope()
-    except ScatterguardError as exc:
-        spool.close(data)
-        done = Done.deferred(TEMPFAIL_STATUS)
-        log_line(logger, None, None, None, done, started, describe(exc))
-        return done
-    except BaseException:
-        spool.close(data)
-        raise
-    try:
-        return run_filter(
-            data,
-            envelope,
-            config,
-            reinjector=services.reinjector,
-            quarantine=services.quarantine,
-            resolver=services.resolver,
-            logger=logger,
-            now=services.clock,
-            delivered=services.delivered,
-            confirm=confirm,
-        )
-    finally:
-        spool.close(data)
 
 
 def _no_confirmation() -> None:

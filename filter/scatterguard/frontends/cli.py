@@ -165,7 +165,7 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
         state["config"] = config or config_mod.Config(log=config_mod.load_log(path))
         raise
     state["config"] = config
-    from scatterguard import journal, pipeline
+    from scatterguard import journal
     from scatterguard.frontends import pipe
     from scatterguard.frontends.deadline import deadline
     from scatterguard.services import Services
@@ -173,7 +173,7 @@ def _filter(argv: Sequence[str], state: dict[str, Any]) -> tuple[int, str | None
     logger = state["logger"] = journal.setup(config.log)
     with deadline(config.timeout):
         services = Services.from_config(config, logger=logger)
-        done = pipeline.filter_stream(filter_request, sys.stdin.buffer, config, services=services)
+        done = pipe.filter_stream(filter_request, sys.stdin.buffer, config, services=services)
     outcome = pipe.answer(done)
     return outcome.code, outcome.status
 

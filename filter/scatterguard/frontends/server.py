@@ -5,7 +5,7 @@ the checks themselves. The server imports everything once, forks a small pool of
 share the listening socket, and each worker keeps its DNS cache (honouring TTLs) across
 messages. A worker receives the filter client's stdin descriptor (SCM_RIGHTS), reads the message
 from it directly, runs exactly the same code as the in-process filter
-(:func:`scatterguard.pipeline.filter_stream`), asks the client to confirm right before it acts
+(:func:`scatterguard.frontends.pipe.filter_stream`), asks the client to confirm right before it acts
 (the client must still be alive and within its deadline, see
 :mod:`scatterguard.frontends.handover`), acts, and only then answers with the exit code and status
 line, which the client relays to the MTA.
@@ -292,7 +292,7 @@ def _filter(
     try:
         filter_request = parse_filter(request.argv, request.env)
         with deadline(left):
-            done = pipeline.filter_stream(
+            done = pipe.filter_stream(
                 filter_request, stdin, config, services=services, confirm=confirm
             )
         outcome = pipe.answer(done)
