@@ -1029,3 +1029,39 @@ def test_linked_store_part_defers_and_writes_nothing_through_it(
     assert "symbolic link" in " ".join(mta.syslog.lines())
     assert list(victim.iterdir()) == []
     assert mta.sendmail.calls == []
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        pytest.param(["--conf", "{config}", "filter"], id="conf-space"),
+        pytest.param(["--conf={config}", "filter"], id="conf-equals"),
+        pytest.param(["--config", "{config}", "filter", "--queue=4Abbrev"], id="queue-abbrev"),
+    ],
+)
+def test_abbreviated_options_defer_and_never_crash(mta: Filter, before: list[str]) -> None:
+    """An option written short (``--conf`` for ``--config``) is no option: argparse took it as
+    the full name while the readers before the hand-over did not, and ``--conf FILE filter``
+    ended in a traceback and exit 1, which the MTA bounces. Now it is a usage error in filter
+    mode: exit 75, one status line, nothing on stderr, nothing delivered."""
+    argv = [arg.format(config=mta.config) for arg in before]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SCATTERGUARD_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scatterguard",
+            *argv,
+            *envelope("alice@sender.example", "192.0.2.5"),
+        ],
+        input=message(),
+        capture_output=True,
+        timeout=60,
+        env=environ,
+        check=False,
+    )
+    assert done.returncode == 75, done
+    assert done.stdout.startswith(b"4."), done.stdout
+    assert done.stdout.count(b"\n") == 1, done.stdout
+    assert done.stderr == b"", done.stderr
+    assert mta.sendmail.calls == []

@@ -46,7 +46,8 @@ DELIVERED = "delivered"
 
 @dataclass(frozen=True)
 class Services:
-    """Everything :func:`scatterguard.frontends.pipe.filter_stream` needs besides the configuration."""
+    """Everything :func:`scatterguard.frontends.pipe.filter_stream` needs besides the
+    configuration."""
 
     resolver: Resolver
     reinjector: CommandReinjector

@@ -80,10 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(args_list)
     except UsageError as exc:
+        if _names_filter(args_list):
+            # Perhaps the MTA's command line, mistyped: a usage error there is a deferral
+            # (75, logged), never exit 2, which the MTA would bounce.
+            return _filter_main(args_list)
         print(f"scatterguard: {exc}", file=sys.stderr)
         return EX_USAGE
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EX_OK
+    if args.command == "filter":  # an argv _filter_mode did not recognise: never a traceback
+        return _filter_main(args_list)
     try:
         if args.command == "check":
             return _check_main(args, sys.stdin.buffer, sys.stdout)
@@ -115,6 +121,12 @@ def _filter_mode(argv: Sequence[str]) -> bool:
             continue
         return arg == "filter"
     return False
+
+
+def _names_filter(argv: Sequence[str]) -> bool:
+    """True when ``filter`` is one of the words before ``--``: an argv meant for filter mode."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return "filter" in words
 
 
 def _filter_main(argv: Sequence[str]) -> int:

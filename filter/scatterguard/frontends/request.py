@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import io
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from scatterguard import __version__
 from scatterguard.core.envelope import Envelope, parse_envelope
@@ -147,7 +147,19 @@ def parse_filter(argv: Sequence[str], environ: Mapping[str, str]) -> FilterReque
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser that raises UsageError instead of printing and exiting."""
+    """An ArgumentParser that raises UsageError instead of printing and exiting, and takes no
+    abbreviations.
+
+    argparse would read ``--conf`` as ``--config`` and ``--queue`` as ``--queue-id``; the
+    readers before the hand-over (:func:`scatterguard.frontends.cli._filter_mode`, its
+    ``--config`` reader) see only the names written out. Two readings of one argv disagreed:
+    ``--conf FILE filter`` was not taken for filter mode and ended in a traceback and exit 1,
+    which the MTA bounces. Only the full names are options.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         """Raise the usage error: the caller decides what becomes of it (exit 2, or 75)."""
