@@ -52,6 +52,16 @@ WARM_MODULES = (
     "dkim",
     "email_validator",
     "structlog",
+    # dnspython parses each record type with a module it imports on the first answer of that
+    # type: the types the checks ask for, and the CNAME an answer may carry.
+    "dns.rdtypes.ANY.TXT",
+    "dns.rdtypes.ANY.MX",
+    "dns.rdtypes.ANY.PTR",
+    "dns.rdtypes.ANY.CNAME",
+    "dns.rdtypes.IN.A",
+    "dns.rdtypes.IN.AAAA",
+    # A message above 1 MiB is spooled in an anonymous file (tempfile, which brings shutil).
+    "tempfile",
     "scatterguard.checks.report",
     "scatterguard.pipeline",
     "scatterguard.services",
