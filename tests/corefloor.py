@@ -6,7 +6,7 @@ mail server; this keeps a new rule or parser from landing untested.
 
 Measuring starts when conftest imports this module (before any test imports the package) and
 covers ``filter/scatterguard/core`` only, with branch coverage. The floor is checked at the end of
-a run that collected the whole of ``tests/`` (no narrower paths, no ``-k``); a partial run only
+a run that collected the whole of ``tests/`` (no narrower paths, no ``-k``, no ``--ignore``); a partial run only
 measures. Without the ``coverage`` package (Debian's package build does not install it) nothing is
 measured; ``SCATTERGUARD_NO_COVERAGE=1`` turns measuring off too.
 """
@@ -48,6 +48,8 @@ def _full_run(config: pytest.Config) -> bool:
     option = config.option
     if option.keyword or getattr(option, "lf", False) or getattr(option, "deselect", None):
         return False
+    if getattr(option, "ignore", None) or getattr(option, "ignore_glob", None):
+        return False  # --ignore leaves tests out: a partial run
     args = [Path(arg.split("::")[0]).resolve() for arg in config.args]
     return args == [TESTS]
 
