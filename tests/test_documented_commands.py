@@ -2,8 +2,8 @@
 
 A Debian 12 installed with a root password has no ``sudo``, and ``sudo tests/all`` answers
 "sudo: command not found" there. Every command that needs root is documented to be run as root
-instead: the fenced code blocks of the READMEs and the usage lines in the scripts' header
-comments name no ``sudo``.
+instead: the fenced code blocks of the READMEs and of CONTRIBUTING.md, and the usage lines in
+the scripts' header comments, name no ``sudo``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = ["README.md", "bench/README.md", "hooks/README.md"]
+READMES = ["README.md", "CONTRIBUTING.md", "bench/README.md", "hooks/README.md"]
 # Scripts whose header comment shows how to run them.
 SCRIPTS = [
     "tests/all",
