@@ -6,9 +6,9 @@ mail server; this keeps a new rule or parser from landing untested.
 
 Measuring starts when conftest imports this module (before any test imports the package) and
 covers ``filter/scatterguard/core`` only, with branch coverage. The floor is checked at the end of
-a run that collected the whole of ``tests/`` (no narrower paths, no ``-k``, no ``--ignore``); a partial run only
-measures. Without the ``coverage`` package (Debian's package build does not install it) nothing is
-measured; ``SCATTERGUARD_NO_COVERAGE=1`` turns measuring off too.
+a run that collected the whole of ``tests/`` (no narrower paths, no ``-k``, no ``--ignore``); a
+partial run only measures. Without the ``coverage`` package (Debian's package build does not
+install it) nothing is measured; ``SCATTERGUARD_NO_COVERAGE=1`` turns measuring off too.
 """
 
 from __future__ import annotations

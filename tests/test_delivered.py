@@ -315,3 +315,77 @@ def test_prune_drops_old_markers_of_this_record(tmp_path: Path) -> None:
     assert record.prune() == []
     assert sorted(p.name for p in directory.iterdir()) == sorted([new_hour, "pending"])
     assert [p.name for p in (directory / "pending").iterdir()] == ["fresh"]
+
+
+def _finishes(work: object, seconds: float = 5.0) -> bool:
+    """Run ``work()`` in a child process; True when it exits 0 within ``seconds``."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            work()  # type: ignore[operator]
+            os._exit(0)
+        except BaseException:  # noqa: BLE001 - any failure is the child's exit status
+            os._exit(1)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+
+def test_one_directory_spelled_two_ways_is_not_its_own_earlier_record(tmp_path: Path) -> None:
+    """A state directory reached through a linked parent (or a bind mount) that is the
+    quarantine directory made the earlier record this claim's own file: the claim waited for
+    its own lock until the deadline, and every message with a queue id was deferred forever."""
+    (tmp_path / "q").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path)
+    record = DeliveryRecord(
+        tmp_path / "alias" / "q" / "delivered", legacy=tmp_path / "q" / "delivered"
+    )
+    assert record.legacy is not None  # the paths differ; only the files are the same
+
+    def claim_twice() -> None:
+        with record.claim("k1") as claim:
+            assert not claim.done
+            record.reinject(claim, lambda *_: None, "a@x.example", ["b@y.example"], b"m")
+        with record.claim("k1") as claim:
+            assert claim.done
+
+    assert _finishes(claim_twice)
+
+
+def test_purge_leaves_a_held_claim_and_a_claim_stays_fresh(tmp_path: Path) -> None:
+    """A claim file reused for days (the MTA retrying while sendmail is down) is touched on each
+    claim, and prune never removes one some process holds locked: a retry that found it gone
+    would lock a new file and could deliver beside a re-injection still running."""
+    directory = tmp_path / "delivered"
+    record = DeliveryRecord(directory, clock=lambda: NOW)
+    lock = directory / "pending" / "k1"
+    old = NOW - (KEEP_HOURS + 5) * 3600
+    with record.claim("k1"):
+        os.utime(lock, (old, old))
+        assert record.prune() == []
+        assert lock.exists()
+
+    def failed_attempt() -> None:
+        with record.claim("k1") as claim:
+            assert lock.stat().st_mtime == NOW
+            record.reinject(claim, _fail, "a@x.example", ["b@y.example"], b"m")
+
+    for _retry in range(2):  # the file is kept after each failure, and reused by the retry
+        if lock.exists():
+            os.utime(lock, (old, old))
+        with pytest.raises(ReinjectError):
+            failed_attempt()
+    assert lock.exists()
+    os.utime(lock, (old, old))
+    assert record.prune() == []
+    assert not lock.exists()  # nobody holds it: a killed filter's leftover goes
+
+
+def _fail(*_args: object) -> None:
+    raise ReinjectError("sendmail exited with status 75")

@@ -160,12 +160,16 @@ class DeliveryRecord:
         with Directory.root(self.directory.parent) as root:
             return root.sub(self.directory.name)
 
-    def _done_earlier(self, key: str) -> bool:
+    def _done_earlier(self, key: str, ours: os.stat_result) -> bool:
         """True when the earlier version's claim file for ``key`` says ``delivered``.
 
         Its lock is taken shared first: a re-injection process the earlier version started
         (before the upgrade) holds it until the delivery is recorded, so this waits for it, and
         the marker it then writes is found by :meth:`seen`. Nothing there is created or changed.
+
+        ``ours`` is the claim file this process holds locked. Two spellings of one directory
+        (a linked parent, a bind mount, ``..``) make the earlier record this very file: then it
+        is no earlier record, and its lock (ours) is not waited for, which would wait forever.
         """
         if self.legacy is None:
             return False
@@ -180,6 +184,9 @@ class DeliveryRecord:
                 f"cannot read the earlier record {path}: {exc.strerror}"
             ) from None
         try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) == (ours.st_dev, ours.st_ino):
+                return False  # the claim file itself: its state is read already
             fcntl.flock(fd, fcntl.LOCK_SH)
             return os.pread(fd, len(DELIVERED), 0) == DELIVERED
         except OSError as exc:
@@ -249,11 +256,16 @@ class DeliveryRecord:
             try:
                 claim = Claim(key, fd, done=False)
                 state = os.pread(fd, len(DELIVERED), 0)
-                claim.done = state == DELIVERED or self._done_earlier(key) or self.seen(key)
+                done_earlier = self._done_earlier(key, os.fstat(fd))
+                claim.done = state == DELIVERED or done_earlier or self.seen(key)
                 if not state:
                     # Allocate the file's block now: marking it delivered later overwrites these
                     # bytes in place, which needs neither the directory nor free space.
                     write_all(fd, ATTEMPT, 0)
+                # A claim file kept for days (sendmail down, the MTA retrying) stays fresh, so
+                # purge never takes it for one a killed filter left (prune skips locked ones).
+                now = self.clock()
+                os.utime(fd, (now, now))
             except OSError as exc:
                 os.close(fd)
                 raise QuarantineError(
@@ -377,7 +389,7 @@ def prune(record: Directory, now: float) -> list[str]:
     # Lock files left by killed filters (a retry reuses, then removes, its own).
     try:
         with record.sub("pending") as pending:
-            _remove_files(pending, now - KEEP_HOURS * 3600, refused)
+            _remove_files(pending, now - KEEP_HOURS * 3600, refused, skip_locked=True)
     except UnsafeStore as exc:
         refused.append(str(exc))
     except OSError:
@@ -385,8 +397,14 @@ def prune(record: Directory, now: float) -> list[str]:
     return refused
 
 
-def _remove_files(directory: Directory, older_than: float | None, refused: list[str]) -> None:
-    """Unlink the files in ``directory`` (those last changed before ``older_than``)."""
+def _remove_files(
+    directory: Directory, older_than: float | None, refused: list[str], *, skip_locked: bool = False
+) -> None:
+    """Unlink the files in ``directory`` (those last changed before ``older_than``).
+
+    With ``skip_locked`` (lock files), a file some process holds locked is left: a retry, or
+    the re-injection process of a killed filter, still guards a delivery with it.
+    """
     for name in directory.names():
         try:
             info = directory.lstat(name)
@@ -395,6 +413,14 @@ def _remove_files(directory: Directory, older_than: float | None, refused: list[
             if older_than is not None and info.st_mtime >= older_than:
                 continue
             directory.check(name, info)
+            if skip_locked:
+                fd = directory.open(name, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    directory.unlink(name)  # under the lock: a new claim re-checks the inode
+                finally:
+                    os.close(fd)
+                continue
             directory.unlink(name)
         except UnsafeStore as exc:
             refused.append(str(exc))
