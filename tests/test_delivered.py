@@ -389,3 +389,22 @@ def test_purge_leaves_a_held_claim_and_a_claim_stays_fresh(tmp_path: Path) -> No
 
 def _fail(*_args: object) -> None:
     raise ReinjectError("sendmail exited with status 75")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a store another user owns")
+def test_what_root_makes_in_a_users_record_is_that_users(tmp_path: Path) -> None:
+    """Root (a root server, an administrator trying ``filter``) claiming in a record the filter's
+    user owns left ``pending/``, hour directories and claim files as root:root 0700: the filter,
+    run as that user, could open none of them and deferred every message with a queue id (the
+    package's smoke test found it). What root makes there is now the owner's."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)
+    record = DeliveryRecord(state / "delivered")
+    with record.claim("k1") as claim:
+        record.reinject(claim, lambda *_: None, "a@x.example", ["b@y.example"], b"m")
+    with record.claim("k2"):
+        pass
+    made = [state / "delivered", *sorted((state / "delivered").rglob("*"))]
+    assert len(made) >= 4  # delivered/, pending/, an hour directory, a marker
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(65534, 65534)}

@@ -138,6 +138,7 @@ class Directory:
             try:
                 # The umask may have taken bits away: set the mode on the descriptor.
                 os.fchmod(created.fd, DIRECTORY_MODE)
+                self._give_to_owner(created.fd)
                 self.sync()
             except BaseException:
                 created.close()
@@ -162,6 +163,8 @@ class Directory:
             if not stat.S_ISREG(info.st_mode):
                 raise UnsafeStore(f"quarantine: {path} is not a regular file; refused")
             self._check_owner(info, path)
+            if flags & os.O_CREAT and info.st_uid == 0:
+                self._give_to_owner(fd)
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
@@ -200,6 +203,16 @@ class Directory:
             os.fsync(self.fd)
         except OSError as exc:
             raise QuarantineError(f"quarantine: cannot sync {self.path}: {reason(exc)}") from None
+
+    def _give_to_owner(self, fd: int) -> None:
+        """A part root just made in another user's store becomes that user's.
+
+        Root may use the store (a root server, an administrator trying ``filter`` by hand), but
+        a directory or file it leaves as ``root:root 0700`` is one the store's owner can no
+        longer open: the filter, run as that user, would defer every message from then on.
+        """
+        if self.owner != 0 and os.geteuid() == 0:
+            os.fchown(fd, self.owner, os.fstat(self.fd).st_gid)
 
     def _check_owner(self, info: os.stat_result, path: Path) -> None:
         if info.st_uid not in self.owners:
